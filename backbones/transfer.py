@@ -1,0 +1,93 @@
+"""Move a backbone's weights between runs: load them out of any run's checkpoint; freeze or unfreeze.
+
+    enc = backbones.build("convnet", (1, 8, 8), widths=(64, 128))
+    load_weights(enc, "runs/ae-digits")        # finds the sub-module whose weights fit `enc`
+    freeze(enc)
+
+The checkpoint is read through ``fovea.checkpoint`` (safetensors + JSON, never unpickled): this
+module is the one place in ``backbones/`` that knows run folders exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _candidate_tensors(source: Path) -> dict[str, torch.Tensor]:
+    """Every named weight in ``source``: a run folder, a checkpoint folder or a .safetensors file."""
+    from fovea import checkpoint
+    from fovea.errors import CheckpointError
+
+    if source.is_file():
+        if source.suffix != ".safetensors":
+            raise CheckpointError(
+                f"{source}: give a run folder, a checkpoint folder or a .safetensors file "
+                "(pickle files such as .pt/.pth are never loaded: unpickling can run code)"
+            )
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(source)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {source}: it is not a valid safetensors file ({e})") from None
+    if (source / "config.json").is_file():  # a run folder: its latest checkpoint
+        found = checkpoint.list_checkpoints(source / "checkpoints")
+        if not found:
+            raise CheckpointError(f"{source} has no checkpoint yet")
+        source = found[-1]
+    state, _ = checkpoint.load(source)
+    flat: dict[str, torch.Tensor] = {}
+    for obj, sd in state.get("objects", {}).items():
+        if isinstance(sd, dict):
+            flat.update({f"{obj}.{k}": v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
+    return flat
+
+
+def load_weights(module: nn.Module, source: str | Path, prefix: str | None = None) -> str:
+    """Load into ``module`` the weights found under ``prefix`` in ``source``; returns the prefix used.
+
+    Without ``prefix`` the source is searched for the one sub-module whose parameter names and shapes
+    fit ``module`` exactly (e.g. ``model.backbone`` of a classifier, ``model.encoder`` of an autoencoder).
+    """
+    from fovea.errors import CheckpointError
+
+    source = Path(source)
+    tensors = _candidate_tensors(source)
+    target = module.state_dict()
+    if prefix is None:
+        first = next(iter(target))
+        prefixes = {k[: -len(first)].rstrip(".") for k in tensors if k == first or k.endswith("." + first)}
+    else:
+        prefixes = {prefix}
+
+    def fits(p: str) -> bool:
+        key = (lambda k: f"{p}.{k}") if p else (lambda k: k)
+        return all(key(k) in tensors and tensors[key(k)].shape == v.shape for k, v in target.items())
+
+    matches = sorted(p for p in prefixes if fits(p))
+    if not matches:
+        tops = sorted({k.rsplit(".", 2)[0] for k in tensors})[:8]
+        raise CheckpointError(f"{source} holds no weights that fit this {type(module).__name__} "
+                              f"(same names and shapes); it holds e.g. {', '.join(tops)}")  # fmt: skip
+    if len(matches) > 1:
+        raise CheckpointError(f"{source} holds several fitting sub-modules ({', '.join(matches)}); pass prefix=")
+    p = matches[0]
+    module.load_state_dict({k: tensors[f"{p}.{k}" if p else k] for k in target})
+    return p
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop gradients to every parameter (batch-norm statistics still update in train mode)."""
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module
+
+
+def unfreeze(module: nn.Module) -> nn.Module:
+    for param in module.parameters():
+        param.requires_grad_(True)
+    return module

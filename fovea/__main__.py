@@ -1,0 +1,3 @@
+from fovea.cli import main
+
+raise SystemExit(main())

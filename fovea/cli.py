@@ -1,0 +1,232 @@
+"""The ``fovea`` command: recipes, train, eval, demo, backbones.
+
+Every command that computes figures prints a readable table, then, as its last line, the same
+figures as one JSON object. A user's mistake gets one line naming the problem and the fix, and a
+non-zero exit; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fovea.errors import FoveaError, UsageError
+
+TASK_PACKAGES = ("vision", "agents", "generative")  # packages that register recipes (imported lazily)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def load_tasks() -> None:
+    for pkg in TASK_PACKAGES:
+        importlib.import_module(pkg)
+
+
+def print_figures(title: str, figures: dict[str, Any]) -> None:
+    """A table of the scalar figures, then every figure as one JSON line (the last line of output)."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in figures.items():
+        if isinstance(v, int | float | str) and not isinstance(v, bool):
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)
+    print(json.dumps(figures), flush=True)
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="run folder name under --runs-dir (default: <recipe>-<date>-<time>)")
+    p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode; auto: online when logged in, offline otherwise")  # fmt: skip
+    p.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="how many recent checkpoints to keep (default: 3)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fovea", description="Learning from pixels: train, evaluate and compare models.",
+                                allow_abbrev=False)  # fmt: skip
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("recipes", help="list every recipe with a one-line description")
+    sub.add_parser("backbones", help="list the registered backbones and their options")
+    t = sub.add_parser(
+        "train", help="train a recipe: fovea train RECIPE [--field value ...]", add_help=False, allow_abbrev=False
+    )
+    t.add_argument("recipe", nargs="?", help="a recipe name (see `fovea recipes`)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    t.add_argument("-h", "--help", action="store_true", help="show the recipe's fields (with a recipe) or this help")
+    _run_options(t)
+    e = sub.add_parser("eval", help="evaluate a run's latest checkpoint: fovea eval runs/NAME", allow_abbrev=False)
+    e.add_argument("run_dir")
+    e.add_argument("--device", default="auto")
+    d = sub.add_parser("demo", help="train the first recipe (cnn-digits) on embedded data and show the outputs")
+    _run_options(d)
+    return p
+
+
+def cmd_recipes() -> None:
+    from fovea.config import recipes
+
+    table = Table(title="Recipes (fovea train RECIPE)", header_style="bold")
+    table.add_column("recipe")
+    table.add_column("config")
+    table.add_column("description")
+    for name, r in recipes().items():
+        table.add_row(name, type(r.config).__name__, r.description)
+    out.print(table)
+
+
+def cmd_backbones() -> None:
+    import backbones
+    from fovea.config import BackboneSpec
+
+    table = Table(title="Backbones (--backbone NAME --backbone.OPTION VALUE)", header_style="bold")
+    for col in ("name", "input", "options", "description"):
+        table.add_column(col)
+    for name in backbones.names():
+        e = backbones.entry(name)
+        opts = ", ".join(BackboneSpec(name=name).option_types())
+        table.add_row(name, e.kind, opts, e.summary)
+    out.print(table)
+
+
+def recipe_help(recipe) -> None:
+    import dataclasses
+
+    from fovea.config import field_docs
+
+    cfg = recipe.config
+    out.print(
+        f"[bold]fovea train {recipe.name}[/bold] [--name NAME] [--device DEV] [--wandb MODE] [--field VALUE ...]\n"
+    )
+    out.print(recipe.description + "\n")
+    table = Table(title=f"{type(cfg).__name__} fields (override with --field VALUE)", header_style="bold")
+    for col in ("option", "value", "description"):
+        table.add_column(col)
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        shown = f"{v.name} {v.options}" if hasattr(v, "options") else repr(v)
+        table.add_row("--" + f.name.replace("_", "-"), shown, docs.get(f.name, ""))
+    out.print(table)
+
+
+def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool = False) -> dict:
+    from fovea.config import apply_overrides, from_dict, get_recipe
+    from fovea.run import Run, read_run
+
+    load_tasks()
+    opts = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
+    if getattr(args, "resume", None):
+        if args.recipe:
+            raise UsageError(f"give either a recipe or --resume RUN_DIR, not both (got {args.recipe!r})")
+        doc = read_run(args.resume)
+        recipe = get_recipe(doc["recipe"])
+        cfg = apply_overrides(from_dict(type(recipe.config), doc["config"]), overrides)
+        run = Run(recipe.name, cfg, run_dir=args.resume, resume=True, **opts)
+    else:
+        if not args.recipe:
+            raise UsageError("name a recipe to train, e.g. `fovea train cnn-digits` (`fovea recipes` lists them)")
+        recipe = get_recipe(args.recipe)
+        cfg = apply_overrides(recipe.config, overrides)
+        run = Run(recipe.name, cfg, name=args.name, runs_dir=args.runs_dir, **opts)
+    start = time.perf_counter()
+    with run:
+        run.say(f"Training {recipe.name} into {run.dir} on {run.device}.")
+        figures = recipe.task.train(cfg, run)
+        figures["wall_s"] = round(time.perf_counter() - start, 2)
+        run.finish(figures)
+    figures = {"run": str(run.dir), **figures}
+    print_figures(f"{recipe.name}: {run.dir}", figures)
+    return figures
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fovea.config import from_dict, get_recipe
+    from fovea.run import Run, read_run
+
+    load_tasks()
+    doc = read_run(args.run_dir)
+    recipe = get_recipe(doc["recipe"])
+    if recipe.task.evaluate is None:
+        raise UsageError(f"recipe {recipe.name!r} has no evaluation")
+    cfg = from_dict(type(recipe.config), doc["config"])
+    run = Run(recipe.name, cfg, run_dir=args.run_dir, device=args.device, evaluate=True)
+    with run:
+        figures = recipe.task.evaluate(cfg, run)
+        figures = {"run": str(run.dir), "step": run.step, **figures}
+        run.finish(figures)
+    print_figures(f"eval {run.dir}", figures)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    args.recipe, args.resume = "cnn-digits", None
+    figures = train_recipe(args, [], demo=True)
+    run_dir = Path(figures["run"])
+    err.print(f"\n[bold]Demo done[/bold] in {figures['wall_s']:.0f} s: test accuracy {figures['test/acc']:.1%}.")
+    err.print(f"  run folder     {run_dir}/ (config.json, metrics.jsonl, summary.json)")
+    err.print(f"  checkpoints    {run_dir}/checkpoints/")
+    wb = sorted((run_dir / "wandb").glob("offline-run-*"))
+    if wb:
+        err.print(f"  W&B (offline)  {wb[-1]}  ->  upload with: wandb sync {wb[-1]}")
+    err.print(f"  evaluate       fovea eval {run_dir}")
+    err.print(f"  resume/extend  fovea train --resume {run_dir} --epochs 40")
+
+
+def _fail(message: str) -> int:
+    err.print(f"[bold red]error:[/bold red] {message}")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if args.command is None:
+        p.print_help()
+        return 0
+    if rest and args.command != "train":
+        return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
+    import backbones
+    from fovea.run import Interrupted
+
+    try:
+        if args.command == "recipes":
+            load_tasks()
+            cmd_recipes()
+        elif args.command == "backbones":
+            cmd_backbones()
+        elif args.command == "train":
+            if args.help:
+                if not args.recipe:
+                    p._subparsers._group_actions[0].choices["train"].print_help()  # noqa: SLF001
+                    return 0
+                from fovea.config import get_recipe
+
+                load_tasks()
+                recipe_help(get_recipe(args.recipe))
+                return 0
+            train_recipe(args, rest)
+        elif args.command == "eval":
+            cmd_eval(args)
+        elif args.command == "demo":
+            cmd_demo(args)
+    except (FoveaError, backbones.BackboneError) as e:
+        return _fail(str(e))
+    except Interrupted as e:
+        err.print(f"Stopped at step {e.step}. Resume with: fovea train --resume {e.run_dir}")
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        err.print("Interrupted before a checkpoint could be written; resume from the last one with --resume.")
+        return 128 + signal.SIGINT
+    return 0

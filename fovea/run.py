@@ -1,0 +1,337 @@
+"""A Run owns the life of a training run: seeds, device, run folder, progress, metrics, checkpoints, resume.
+
+    with Run("cnn-digits", config) as run:
+        model = ...; optimizer = ...
+        run.track(model=model, optimizer=optimizer)   # what a checkpoint holds
+        run.restore()                                 # continue a resumed run where it stopped
+        for epoch in run.loop(config.epochs, unit="epoch", show="val/acc"):
+            ...                                       # one epoch
+            run.log({"train/loss": loss, "val/acc": acc})
+
+``run.loop`` saves a checkpoint every ``config.checkpoint_every`` steps, at the end, and when
+SIGINT or SIGTERM arrives (then raises ``Interrupted``). A checkpoint holds every tracked object's
+``state_dict()``, ``run.state`` (a dict of JSON values), the step, every RNG's state and the length
+of metrics.jsonl, so a resumed run continues exactly where the checkpoint left it.
+Algorithms never call wandb, print progress or write files directly: they go through the Run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fovea import checkpoint
+from fovea.config import Config
+from fovea.errors import CheckpointError, RunError
+from fovea.tracking import MODES, Tracker
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+console = Console(stderr=True, highlight=False)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA, then MPS, then CPU for ``auto``; otherwise the device named, if this machine has it."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise RunError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {requested}: CUDA is not available on this machine; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RunError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError(f"--device {requested}: MPS is not available on this machine; use --device cpu (or auto)")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run folder, checked to be one."""
+    path = Path(path)
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise RunError(f"{path} is not a run folder: it has no config.json (runs live in runs/NAME)")
+    try:
+        doc = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{cfg} is corrupt ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str) or not isinstance(doc.get("config"), dict):
+        raise RunError(f"{cfg} is not a Fovea run config (it needs 'recipe' and 'config')")
+    return doc
+
+
+class Run:
+    """One training run (or, with ``evaluate=True``, read-only access to one for evaluation).
+
+    Args:
+        recipe: the recipe name the config came from (recorded in config.json).
+        config: the validated config; its ``seed`` seeds every RNG and its ``checkpoint_every``
+            (in loop steps) sets the checkpoint schedule.
+        name: the run folder is ``runs_dir/name``; default ``<recipe>-<date>-<time>``.
+        runs_dir: where run folders live.
+        device: auto, cpu, cuda, cuda:N or mps.
+        wandb: auto, online, offline or disabled.
+        project: the W&B project.
+        keep_checkpoints: how many recent checkpoints to keep.
+        resume: continue the run in ``run_dir`` (which must exist) instead of creating one.
+        run_dir: an explicit run folder (used by resume and evaluation).
+        evaluate: open an existing run for evaluation: no tracker, no new folder.
+    """
+
+    def __init__(self, recipe: str, config: Config, *, name: str | None = None, runs_dir: str | Path = "runs",
+                 device: str = "auto", wandb: str = "auto", project: str = "fovea", keep_checkpoints: int = 3,
+                 resume: bool = False, run_dir: str | Path | None = None, evaluate: bool = False):  # fmt: skip
+        if wandb not in MODES:
+            raise RunError(f"--wandb {wandb!r} is not a mode; use one of {', '.join(MODES)}")
+        if keep_checkpoints < 1:
+            raise RunError(f"--keep-checkpoints {keep_checkpoints} must be at least 1")
+        self.recipe, self.config = recipe, config
+        self.device = pick_device(device)
+        self.keep_checkpoints = keep_checkpoints
+        self.evaluating = evaluate
+        self.step = 0
+        self.state: dict[str, Any] = {}
+        self._objects: dict[str, Any] = {}
+        self._stop: int | None = None
+        self._progress: Progress | None = None
+        self._show: str | None = None
+        self.tracker: Tracker | None = None
+        if run_dir is not None:
+            self.dir = Path(run_dir)
+            self.name = self.dir.name
+            self.meta = read_run(self.dir)
+        else:
+            self.name = name or f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}"
+            if not _NAME.match(self.name):
+                raise RunError(f"--name {self.name!r} is not a valid run name: use letters, digits, '.', '_' and '-'")
+            self.dir = Path(runs_dir) / self.name
+            if (self.dir / "config.json").exists():
+                raise RunError(f"{self.dir} already exists; resume it with `fovea train --resume {self.dir}` "
+                               f"or pick another --name")  # fmt: skip
+            self.meta = {
+                "recipe": recipe,
+                "config_class": type(config).__qualname__,
+                "config": config.to_dict(),
+                "wandb_id": uuid.uuid4().hex[:12],
+                "created": datetime.now().isoformat(timespec="seconds"),
+            }
+        self.ckpt_dir = self.dir / "checkpoints"
+        if evaluate:
+            return
+        if run_dir is not None and not resume:
+            raise RunError("run_dir is for resume or evaluation")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir.mkdir(exist_ok=True)
+        if resume:  # keep config.json as first written, but record the values this session runs with
+            self.meta["config"] = config.to_dict()
+        _write_json(self.dir / "config.json", self.meta)
+        seed_everything(getattr(config, "seed", 0))
+        self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
+                               config={"recipe": recipe, **config.to_dict()}, say=self.say)  # fmt: skip
+
+    # ------------------------------------------------------------------ life cycle
+    def __enter__(self) -> Run:
+        self._handlers = {}
+        if not self.evaluating and hasattr(signal, "SIGTERM"):
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self._handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: no signal handling
+                self._handlers = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._stop_progress()
+        if self.tracker is not None:
+            self.tracker.finish()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._stop = signum
+        self.say(f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
+                 f"(Ctrl-C again to stop at once).")  # fmt: skip
+
+    def say(self, message: str) -> None:
+        """A notice for the user (stderr), above the progress bar."""
+        (self._progress.console if self._progress else console).print(message, markup=False)
+
+    # ------------------------------------------------------------------ state and checkpoints
+    def track(self, **objects: Any) -> None:
+        """Objects whose ``state_dict()`` a checkpoint holds (models, optimizers, schedulers, generators...)."""
+        for k, obj in objects.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")) and not isinstance(
+                obj, torch.Generator
+            ):
+                raise TypeError(f"run.track({k}=...) needs state_dict()/load_state_dict() or a torch.Generator")
+            self._objects[k] = obj
+
+    def _gather(self) -> dict[str, Any]:
+        objs = {
+            k: (o.get_state() if isinstance(o, torch.Generator) else o.state_dict()) for k, o in self._objects.items()
+        }
+        offset = self.tracker.offset() if self.tracker else 0
+        return {"objects": objs, "state": self.state, "step": self.step, "rng": rng_state(), "metrics_offset": offset}
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (atomically) and keep the newest ``keep_checkpoints``."""
+        path = self.ckpt_dir / f"step_{self.step:09d}"
+        checkpoint.save(path, self._gather(), meta={"recipe": self.recipe, "config_class": self.meta["config_class"],
+                                                     "step": self.step})  # fmt: skip
+        checkpoint.prune(self.ckpt_dir, self.keep_checkpoints, keep=tuple(self._pinned()))
+        return path
+
+    def _pinned(self) -> list[Path]:
+        best = self.state.get("best_checkpoint")
+        return [self.ckpt_dir / best] if best else []
+
+    def latest_checkpoint(self) -> Path | None:
+        found = checkpoint.list_checkpoints(self.ckpt_dir)
+        return found[-1] if found else None
+
+    def restore(self, path: str | Path | None = None) -> bool:
+        """Load the latest checkpoint (or ``path``) into the tracked objects; False when there is none.
+
+        A resumed run also gets back its RNG states, ``run.state``, the step, and metrics.jsonl cut back
+        to what it held at that checkpoint (lines after it are logged again as the run redoes them).
+        """
+        path = Path(path) if path else self.latest_checkpoint()
+        if path is None:
+            return False
+        state, _ = checkpoint.load(path, expect={"config_class": self.meta["config_class"]})
+        objs = state.get("objects", {})
+        missing = sorted(set(self._objects) - set(objs))
+        if missing:
+            raise CheckpointError(f"{path} holds no {', '.join(missing)}: it was written by another model")
+        for k, obj in self._objects.items():
+            try:
+                if isinstance(obj, torch.Generator):
+                    obj.set_state(objs[k])
+                else:
+                    obj.load_state_dict(objs[k])
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                first = str(e).strip().splitlines()[0][:300]
+                raise CheckpointError(f"{path}: its {k} does not fit this model ({first}); "
+                                      f"was it written by another model or config?") from None  # fmt: skip
+        self.step, self.state = int(state["step"]), dict(state.get("state", {}))
+        if not self.evaluating:
+            set_rng_state(state["rng"])
+            if self.tracker is not None:
+                self.tracker.truncate(int(state.get("metrics_offset", 0)))
+            self.say(f"Resumed {self.dir} from {path.name} (step {self.step}).")
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def loop(self, total: int, *, unit: str = "step", show: str | None = None) -> Iterator[int]:
+        """Yield steps ``run.step + 1 .. total`` (1-based); after each, checkpoint when due or asked to stop.
+
+        Args:
+            total: the last step (epochs, env steps, ...).
+            unit: what a step is, for the progress bar.
+            show: the metric the progress bar shows (the figure that matters, e.g. ``val/acc``).
+        """
+        every = max(1, int(getattr(self.config, "checkpoint_every", 0) or total))
+        self._show = show
+        self._start_progress(total, unit)
+        for s in range(self.step + 1, total + 1):
+            self.step = s
+            yield s
+            if self._progress is not None:
+                self._progress.update(self._task, completed=s)
+            if self._stop is not None:
+                path = self.save()
+                self._stop_progress()
+                self.say(f"Checkpoint saved: {path}. Resume with: fovea train --resume {self.dir}")
+                raise Interrupted(self._stop, s, self.dir)
+            if s % every == 0 and s < total:
+                self.save()
+        self.save()
+        self._stop_progress()
+
+    def _start_progress(self, total: int, unit: str) -> None:
+        self._progress = Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  TextColumn("{task.fields[figure]}"), console=console, transient=False)  # fmt: skip
+        self._task = self._progress.add_task(self.name, total=total, completed=self.step, figure="")
+        self._progress.start()
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    # ------------------------------------------------------------------ tracking
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Scalars to metrics.jsonl and W&B at ``step`` (default: the current step). Tensors are read here,
+        so algorithms can hand over device tensors and sync only when logging."""
+        values = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        if self.tracker is not None:
+            self.tracker.log(values, self.step if step is None else step)
+        if self._progress is not None and self._show in values:
+            self._progress.update(self._task, figure=f"{self._show} {values[self._show]:.4g}")
+
+    def log_image(self, key: str, image: Any, folder: str = "media") -> Path | None:
+        """An image (PNG in the run folder, W&B media) at the current step."""
+        return self.tracker.log_image(key, image, self.step, folder) if self.tracker else None
+
+    def finish(self, figures: dict[str, Any]) -> None:
+        """Record the final figures (W&B summary and ``runs/NAME/summary.json``)."""
+        if self.tracker is not None:
+            self.tracker.summary(figures)
+        _write_json(self.dir / ("eval.json" if self.evaluating else "summary.json"), figures)

@@ -1,0 +1,1 @@
+"""Generative models that sample images (autoencoder, VAE, GAN, PixelCNN: issue 4)."""
