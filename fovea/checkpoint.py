@@ -140,12 +140,14 @@ def load(path: str | Path, expect: dict[str, Any] | None = None) -> tuple[dict[s
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {tfile}: {_describe_foreign(tfile)} ({e})") from None
     meta = doc.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{sfile} is not a {FORMAT} file (its meta is not a mapping)")
     for k, v in (expect or {}).items():
         if meta.get(k) != v:
             raise CheckpointError(f"{path} belongs to {k}={meta.get(k)!r}, not {k}={v!r}")
     try:
         return _unflatten(doc["state"], tensors), meta
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{sfile} refers to tensors that {tfile} does not hold ({e})") from None
 
 

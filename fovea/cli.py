@@ -180,7 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if wb:
         err.print(f"  W&B (offline)  {wb[-1]}  ->  upload with: wandb sync {wb[-1]}")
     err.print(f"  evaluate       fovea eval {run_dir}")
-    err.print(f"  resume/extend  fovea train --resume {run_dir} --epochs 40")
+    epochs = figures["epochs"]
+    err.print(f"  train longer   fovea train --resume {run_dir} --epochs {epochs + 20}")
 
 
 def _fail(message: str) -> int:
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd_demo(args)
     except (FoveaError, backbones.BackboneError) as e:
         return _fail(str(e))
+    except OSError as e:  # a full disk, a read-only folder: say where; checkpoints are replaced only once complete
+        where = f": {e.filename}" if e.filename else ""
+        return _fail(f"{e.strerror or e}{where}. The last complete checkpoint is intact; free space and --resume.")
     except Interrupted as e:
         err.print(f"Stopped at step {e.step}. Resume with: fovea train --resume {e.run_dir}")
         return 128 + e.signum

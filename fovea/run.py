@@ -39,7 +39,7 @@ from fovea.errors import CheckpointError, RunError
 from fovea.tracking import MODES, Tracker
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Interrupted(Exception):
@@ -99,6 +99,15 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _fresh_name(runs_dir: Path, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... when a run of that name exists (two starts in one second)."""
+    name, n = base, 1
+    while (runs_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def read_run(path: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run folder, checked to be one."""
     path = Path(path)
@@ -142,7 +151,7 @@ class Run:
         self.recipe, self.config = recipe, config
         self.device = pick_device(device)
         self.keep_checkpoints = keep_checkpoints
-        self.evaluating = evaluate
+        self.evaluating, self.resuming = evaluate, resume
         self.step = 0
         self.state: dict[str, Any] = {}
         self._objects: dict[str, Any] = {}
@@ -155,7 +164,7 @@ class Run:
             self.name = self.dir.name
             self.meta = read_run(self.dir)
         else:
-            self.name = name or f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}"
+            self.name = name or _fresh_name(Path(runs_dir), f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}")
             if not _NAME.match(self.name):
                 raise RunError(f"--name {self.name!r} is not a valid run name: use letters, digits, '.', '_' and '-'")
             self.dir = Path(runs_dir) / self.name
@@ -253,6 +262,8 @@ class Run:
         """
         path = Path(path) if path else self.latest_checkpoint()
         if path is None:
+            if self.resuming and self.tracker is not None:  # killed before its first checkpoint: start over
+                self.tracker.truncate(0)
             return False
         state, _ = checkpoint.load(path, expect={"config_class": self.meta["config_class"]})
         objs = state.get("objects", {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backbones.transfer import load_weights
 from fovea import checkpoint
@@ -157,3 +160,31 @@ def test_prune_keeps_the_newest(tmp_path):
         checkpoint.save(tmp_path / f"step_{s:09d}", {"s": torch.tensor(s)})
     checkpoint.prune(tmp_path, keep_last=2)
     assert [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(tmp_path)] == [4, 5]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tensors=st.binary(max_size=300),
+    state=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(["__tensor__", "__items__", "__tuple__", "numpy", "a"]), inner, max_size=3
+                )
+            ),
+            max_leaves=8,
+        ).map(lambda s: json.dumps({"format": checkpoint.FORMAT, "meta": {}, "state": s}).encode()),
+    ),
+)
+def test_random_bytes_as_a_checkpoint_give_a_clean_error(tmp_path, tensors, state):
+    ck = checkpoint.save(tmp_path / "step_000000001", {"w": torch.ones(2)})
+    if tensors:
+        (ck / checkpoint.TENSORS).write_bytes(tensors)
+    (ck / checkpoint.STATE).write_bytes(state)
+    try:
+        checkpoint.load(ck)
+    except CheckpointError as e:
+        assert str(ck) in str(e)

@@ -59,6 +59,10 @@ def test_train_writes_the_run_folder_and_wandb_offline(in_tmp, capsys, monkeypat
     wb_rows = [r for r in history(wb_file) if "train/loss" in r]
     assert [r["global_step"] for r in wb_rows] == [1, 2, 3]
     assert [r["train/loss"] for r in wb_rows] == pytest.approx([r["train/loss"] for r in rows])
+    # images go to media/ as PNG and to W&B as media
+    assert (run / "media" / "val_confusion_00000003.png").is_file()
+    images = [r for r in history(wb_file) if "val/confusion/_type" in r]  # media rows are flattened
+    assert images and images[0]["val/confusion/_type"] == "image-file" and images[0]["val/confusion/height"] == 160
     # no API key anywhere in what the run wrote
     for f in run.rglob("*"):
         if f.is_file():
@@ -158,3 +162,38 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(RunError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(in_tmp, capsys, monkeypatch):
+    real, calls = checkpoint.save_file, []
+
+    def fills_the_disk(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(filename))
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", fills_the_disk)
+    argv = ["train", "cnn-digits", "--name", "full", "--wandb", "disabled", "--epochs", "4", "--checkpoint-every", "2"]
+    assert main([*argv, *TINY_CNN]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    (only,) = checkpoint.list_checkpoints(in_tmp / "runs/full/checkpoints")
+    assert checkpoint.step_of(only) == 2 and checkpoint.load(only)[0]["step"] == 2
+    assert not list((in_tmp / "runs/full/checkpoints").glob(".tmp-*"))
+
+
+def test_resume_before_any_checkpoint_starts_over(in_tmp):
+    cfg = ClassifierConfig(epochs=1)
+    with Run("cnn-digits", cfg, name="early", wandb="disabled") as run:
+        run.log({"train/loss": 1.0}, step=1)  # killed here, before a checkpoint
+    with Run("cnn-digits", cfg, run_dir="runs/early", resume=True, wandb="disabled") as run:
+        run.track(model=torch.nn.Linear(2, 2))
+        assert run.restore() is False and run.step == 0
+        assert (in_tmp / "runs/early/metrics.jsonl").read_text() == ""  # no stale rows from the first attempt
+
+
+def test_default_run_names_never_collide(in_tmp):
+    cfg = ClassifierConfig(epochs=1)
+    with Run("cnn-digits", cfg, wandb="disabled") as a, Run("cnn-digits", cfg, wandb="disabled") as b:
+        assert a.dir != b.dir and b.dir.name.startswith("cnn-digits-")

@@ -125,6 +125,13 @@ def evaluate_split(model: Classifier, split: vdata.ImageData, batch_size: int = 
             "per_class_acc": per_class.tolist(), "confusion": confusion.tolist()}  # fmt: skip
 
 
+def confusion_image(confusion: list[list[int]], cell: int = 16) -> torch.Tensor:
+    """The confusion matrix as a grey (H, W) uint8 picture: row-normalised, each cell ``cell`` pixels wide."""
+    m = torch.tensor(confusion, dtype=torch.float32)
+    m = m / m.sum(1, keepdim=True).clamp(min=1)
+    return (m * 255).round().to(torch.uint8).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+
+
 def train(cfg: ClassifierConfig, run: Run) -> dict:
     """Train on the train split, validate every epoch, report test accuracy at the end."""
     splits = {s: vdata.load(cfg.dataset, s).to(run.device) for s in vdata.SPLITS}
@@ -160,6 +167,7 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
         )
     test = evaluate_split(model, splits["test"])
     val = evaluate_split(model, splits["val"])
+    run.log_image("val/confusion", confusion_image(val["confusion"]))
     return {"test/acc": test["acc"], "test/loss": test["loss"], "val/acc": val["acc"], "epochs": run.step}
 
 
