@@ -69,6 +69,10 @@ class RecurrentCore(nn.Module):
             state = self.initial_state(x.shape[0], x.device)
         if done is None:
             return self._run(x, state)
+        if done.shape != x.shape[:2]:
+            raise BackboneError(
+                f"recurrent: done must be (B, T) = {tuple(x.shape[:2])} like x; got {tuple(done.shape)}"
+            )
         keep = (~done.to(torch.bool)).to(x.dtype)  # (B, T)
         # Cut the sequence where any episode starts and run cuDNN over each piece: one host sync per
         # call rather than one per step.

@@ -4,47 +4,15 @@
     load_weights(enc, "runs/ae-digits")        # finds the sub-module whose weights fit `enc`
     freeze(enc)
 
-The checkpoint is read through ``fovea.checkpoint`` (safetensors + JSON, never unpickled): this
-module is the one place in ``backbones/`` that knows run folders exist.
+The checkpoint is read through ``fovea.checkpoint.load_tensors`` (safetensors + JSON, never
+unpickled), imported when called: this is the one place in ``backbones/`` that knows run folders exist.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
-
-
-def _candidate_tensors(source: Path) -> dict[str, torch.Tensor]:
-    """Every named weight in ``source``: a run folder, a checkpoint folder or a .safetensors file."""
-    from fovea import checkpoint
-    from fovea.errors import CheckpointError
-
-    if source.is_file():
-        if source.suffix != ".safetensors":
-            raise CheckpointError(
-                f"{source}: give a run folder, a checkpoint folder or a .safetensors file "
-                "(pickle files such as .pt/.pth are never loaded: unpickling can run code)"
-            )
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(source)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read {source}: it is not a valid safetensors file ({e})") from None
-    if (source / "config.json").is_file():  # a run folder: its latest checkpoint
-        found = checkpoint.list_checkpoints(source / "checkpoints")
-        if not found:
-            raise CheckpointError(f"{source} has no checkpoint yet")
-        source = found[-1]
-    state, _ = checkpoint.load(source)
-    flat: dict[str, torch.Tensor] = {}
-    for obj, sd in state.get("objects", {}).items():
-        if isinstance(sd, dict):
-            flat.update({f"{obj}.{k}": v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
-    return flat
 
 
 def load_weights(module: nn.Module, source: str | Path, prefix: str | None = None) -> str:
@@ -53,10 +21,11 @@ def load_weights(module: nn.Module, source: str | Path, prefix: str | None = Non
     Without ``prefix`` the source is searched for the one sub-module whose parameter names and shapes
     fit ``module`` exactly (e.g. ``model.backbone`` of a classifier, ``model.encoder`` of an autoencoder).
     """
+    from fovea.checkpoint import load_tensors
     from fovea.errors import CheckpointError
 
     source = Path(source)
-    tensors = _candidate_tensors(source)
+    tensors = load_tensors(source)
     target = module.state_dict()
     if prefix is None:
         first = next(iter(target))

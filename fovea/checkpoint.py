@@ -131,7 +131,7 @@ def load(path: str | Path, expect: dict[str, Any] | None = None) -> tuple[dict[s
         raise CheckpointError(f"{path} is not a Fovea checkpoint: expected a folder holding {TENSORS} and {STATE}")
     try:
         doc = json.loads(sfile.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{sfile} is corrupt or truncated ({e}); resume from an earlier checkpoint") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{sfile} is not a {FORMAT} file")
@@ -147,8 +147,36 @@ def load(path: str | Path, expect: dict[str, Any] | None = None) -> tuple[dict[s
             raise CheckpointError(f"{path} belongs to {k}={meta.get(k)!r}, not {k}={v!r}")
     try:
         return _unflatten(doc["state"], tensors), meta
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{sfile} refers to tensors that {tfile} does not hold ({e})") from None
+
+
+def load_tensors(source: str | Path) -> dict[str, torch.Tensor]:
+    """Every named weight in ``source``: a run folder (its latest checkpoint), a checkpoint folder or a
+    .safetensors file; a checkpoint's objects are flattened to ``object.key`` names (``model.backbone.0.weight``)."""
+    source = Path(source)
+    if source.is_file():
+        if source.suffix != ".safetensors":
+            raise CheckpointError(
+                f"{source}: give a run folder, a checkpoint folder or a .safetensors file "
+                "(pickle files such as .pt/.pth are never loaded: unpickling can run code)"
+            )
+        try:
+            return load_file(source)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {source}: {_describe_foreign(source)} ({e})") from None
+    if (source / "config.json").is_file():  # a run folder: its latest checkpoint
+        found = list_checkpoints(source / "checkpoints")
+        if not found:
+            raise CheckpointError(f"{source} has no checkpoint yet")
+        source = found[-1]
+    state, _ = load(source)
+    objects = state.get("objects") if isinstance(state, dict) else None
+    flat: dict[str, torch.Tensor] = {}
+    for obj, sd in (objects or {}).items():
+        if isinstance(sd, dict):
+            flat.update({f"{obj}.{k}": v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
+    return flat
 
 
 def step_of(path: Path) -> int | None:
@@ -180,6 +208,6 @@ def prune(folder: str | Path, keep_last: int, keep: tuple[Path, ...] = ()) -> No
     for p in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         if p not in keep:
             shutil.rmtree(p, ignore_errors=True)
-    for p in folder.glob(".tmp-*") if folder.is_dir() else []:
+    for p in [*folder.glob(".tmp-*"), *folder.glob(".old-*")] if folder.is_dir() else []:
         if not p.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(p, ignore_errors=True)

@@ -8,8 +8,11 @@ non-zero exit; never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
+import math
+import shutil
 import signal
 import sys
 import time
@@ -40,12 +43,13 @@ def print_figures(title: str, figures: dict[str, Any]) -> None:
         if isinstance(v, int | float | str) and not isinstance(v, bool):
             table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     out.print(table)
-    print(json.dumps(figures), flush=True)
+    finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in figures.items()}
+    print(json.dumps(finite), flush=True)  # strict JSON: NaN / Inf become null
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run folder name under --runs-dir (default: <recipe>-<date>-<time>)")
-    p.add_argument("--runs-dir", default="runs", help="where run folders live (default: runs)")
+    p.add_argument("--runs-dir", help="where run folders live (default: runs)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode; auto: online when logged in, offline otherwise")  # fmt: skip
@@ -60,9 +64,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list every recipe with a one-line description")
     sub.add_parser("backbones", help="list the registered backbones and their options")
     t = sub.add_parser(
-        "train", help="train a recipe: fovea train RECIPE [--field value ...]", add_help=False, allow_abbrev=False
+        "train",
+        help="train a recipe: fovea train RECIPE [--field value ...]",
+        usage="fovea train RECIPE [--name NAME] [run options] [--field VALUE ...]  |  fovea train --resume RUN_DIR",
+        add_help=False,
+        allow_abbrev=False,
     )
-    t.add_argument("recipe", nargs="?", help="a recipe name (see `fovea recipes`)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     t.add_argument("-h", "--help", action="store_true", help="show the recipe's fields (with a recipe) or this help")
     _run_options(t)
@@ -130,6 +137,8 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
     if getattr(args, "resume", None):
         if args.recipe:
             raise UsageError(f"give either a recipe or --resume RUN_DIR, not both (got {args.recipe!r})")
+        if args.name or args.runs_dir:
+            raise UsageError("--name and --runs-dir name a new run; --resume RUN_DIR continues the one in RUN_DIR")
         doc = read_run(args.resume)
         recipe = get_recipe(doc["recipe"])
         cfg = apply_overrides(from_dict(type(recipe.config), doc["config"]), overrides)
@@ -139,13 +148,18 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
             raise UsageError("name a recipe to train, e.g. `fovea train cnn-digits` (`fovea recipes` lists them)")
         recipe = get_recipe(args.recipe)
         cfg = apply_overrides(recipe.config, overrides)
-        run = Run(recipe.name, cfg, name=args.name, runs_dir=args.runs_dir, **opts)
+        run = Run(recipe.name, cfg, name=args.name, runs_dir=args.runs_dir or "runs", **opts)
     start = time.perf_counter()
-    with run:
-        run.say(f"Training {recipe.name} into {run.dir} on {run.device}.")
-        figures = recipe.task.train(cfg, run)
-        figures["wall_s"] = round(time.perf_counter() - start, 2)
-        run.finish(figures)
+    try:
+        with run:
+            run.say(f"Training {recipe.name} into {run.dir} on {run.device}.")
+            figures = recipe.task.train(cfg, run)
+            figures["wall_s"] = round(time.perf_counter() - start, 2)
+            run.finish(figures)
+    except (FoveaError, ValueError):
+        if not run.resuming and run.untouched():  # e.g. a backbone that cannot take this data: leave no folder
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
     figures = {"run": str(run.dir), **figures}
     print_figures(f"{recipe.name}: {run.dir}", figures)
     return figures
@@ -196,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         p.print_help()
         return 0
-    if rest and args.command != "train":
+    if args.command == "train":  # the recipe comes first; the other words that are not run options set fields
+        args.recipe = rest.pop(0) if rest and not rest[0].startswith("-") else None
+    elif rest:
         return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
     import backbones
     from fovea.run import Interrupted
@@ -224,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd_demo(args)
     except (FoveaError, backbones.BackboneError) as e:
         return _fail(str(e))
-    except OSError as e:  # a full disk, a read-only folder: say where; checkpoints are replaced only once complete
+    except OSError as e:  # a full disk, a read-only or missing folder: say where
         where = f": {e.filename}" if e.filename else ""
-        return _fail(f"{e.strerror or e}{where}. The last complete checkpoint is intact; free space and --resume.")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _fail(f"{e.strerror}{where}. The last complete checkpoint is intact; free space, then --resume.")
+        return _fail(f"cannot write or read{where} ({e.strerror or e})")
     except Interrupted as e:
         err.print(f"Stopped at step {e.step}. Resume with: fovea train --resume {e.run_dir}")
         return 128 + e.signum

@@ -50,8 +50,11 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in get_args(tp))
-    if get_origin(tp) is tuple:
-        return f"a tuple of {_describe(get_args(tp)[0])}"
+    if get_origin(tp) is tuple or tp is tuple:
+        args = get_args(tp)
+        if args and args[-1] is not Ellipsis:
+            return "a tuple of " + ", ".join(_describe(a) for a in args)
+        return f"a tuple of {_describe(args[0])}" if args else "a tuple"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "none"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -59,7 +62,7 @@ def _describe(tp: Any) -> str:
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """``value`` as type ``tp``; strings from the command line and lists from JSON are converted."""
-    origin, args = get_origin(tp), get_args(tp)
+    origin, args = (tuple, ()) if tp is tuple else (get_origin(tp), get_args(tp))
     bad = ConfigError(f"{where} = {value!r} is not allowed: expected {_describe(tp)}")
     if origin in (types.UnionType, typing.Union):
         is_none = value is None or (isinstance(value, str) and value.lower() == "none")
@@ -84,7 +87,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             value = [v for v in value.replace(",", " ").split()]
         if not isinstance(value, list | tuple):
             raise bad
-        return tuple(coerce(v, args[0], where) for v in value)
+        if not args or args[-1] is Ellipsis:  # tuple[int, ...] (or a bare tuple: any items)
+            return tuple(coerce(v, args[0], where) for v in value) if args else tuple(value)
+        if len(value) != len(args):  # tuple[int, str]: one item per type
+            raise bad
+        return tuple(coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

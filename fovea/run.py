@@ -18,6 +18,7 @@ Algorithms never call wandb, print progress or write files directly: they go thr
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -163,6 +164,8 @@ class Run:
             self.dir = Path(run_dir)
             self.name = self.dir.name
             self.meta = read_run(self.dir)
+            self.meta.setdefault("config_class", type(config).__qualname__)
+            self.meta.setdefault("wandb_id", uuid.uuid4().hex[:12])
         else:
             self.name = name or _fresh_name(Path(runs_dir), f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}")
             if not _NAME.match(self.name):
@@ -185,9 +188,8 @@ class Run:
             raise RunError("run_dir is for resume or evaluation")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
-        if resume:  # keep config.json as first written, but record the values this session runs with
-            self.meta["config"] = config.to_dict()
-        _write_json(self.dir / "config.json", self.meta)
+        if not resume:  # a resume records its config only once restore() has shown the checkpoint fits
+            _write_json(self.dir / "config.json", self.meta)
         seed_everything(getattr(config, "seed", 0))
         self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
                                config={"recipe": recipe, **config.to_dict()}, say=self.say)  # fmt: skip
@@ -258,15 +260,34 @@ class Run:
         """Load the latest checkpoint (or ``path``) into the tracked objects; False when there is none.
 
         A resumed run also gets back its RNG states, ``run.state``, the step, and metrics.jsonl cut back
-        to what it held at that checkpoint (lines after it are logged again as the run redoes them).
+        to what it held at that checkpoint (lines after it are logged again as the run redoes them). A
+        checkpoint that cannot be read is reported and the next older one is tried.
         """
-        path = Path(path) if path else self.latest_checkpoint()
-        if path is None:
-            if self.resuming and self.tracker is not None:  # killed before its first checkpoint: start over
-                self.tracker.truncate(0)
+        candidates = [Path(path)] if path else checkpoint.list_checkpoints(self.ckpt_dir)[::-1]
+        if not candidates:
+            if self.resuming:  # killed before its first checkpoint: start over
+                self._commit_resume(0)
             return False
+        errors: list[CheckpointError] = []
+        for p in candidates:
+            try:
+                offset = self._load(p)
+            except CheckpointError as e:
+                errors.append(e)
+                self.say(f"Cannot resume from {p.name}: {e}")
+                continue
+            if self.resuming:
+                self._commit_resume(offset)
+                self.say(f"Resumed {self.dir} from {p.name} (step {self.step}).")
+            return True
+        raise errors[0]
+
+    def _load(self, path: Path) -> int:
+        """Load one checkpoint into the tracked objects; returns its metrics.jsonl offset."""
         state, _ = checkpoint.load(path, expect={"config_class": self.meta["config_class"]})
-        objs = state.get("objects", {})
+        objs = state.get("objects") if isinstance(state, dict) else None
+        if not isinstance(objs, dict):
+            raise CheckpointError(f"{path} is malformed: it holds no objects")
         missing = sorted(set(self._objects) - set(objs))
         if missing:
             raise CheckpointError(f"{path} holds no {', '.join(missing)}: it was written by another model")
@@ -276,17 +297,31 @@ class Run:
                     obj.set_state(objs[k])
                 else:
                     obj.load_state_dict(objs[k])
-            except (RuntimeError, ValueError, KeyError, TypeError) as e:
-                first = str(e).strip().splitlines()[0][:300]
-                raise CheckpointError(f"{path}: its {k} does not fit this model ({first}); "
-                                      f"was it written by another model or config?") from None  # fmt: skip
-        self.step, self.state = int(state["step"]), dict(state.get("state", {}))
-        if not self.evaluating:
-            set_rng_state(state["rng"])
-            if self.tracker is not None:
-                self.tracker.truncate(int(state.get("metrics_offset", 0)))
-            self.say(f"Resumed {self.dir} from {path.name} (step {self.step}).")
-        return True
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise CheckpointError(
+                    f"{path}: its {k} does not fit this model ({first}); was it written by another model or config?"
+                ) from None
+        try:
+            step, run_state, offset = int(state["step"]), dict(state.get("state") or {}), int(state["metrics_offset"])
+            if not self.evaluating:
+                set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e})") from None
+        self.step, self.state = step, run_state
+        return offset
+
+    def _commit_resume(self, offset: int) -> None:
+        """Once a resume is known to work: cut metrics.jsonl back to the checkpoint and record the config."""
+        if self.tracker is not None:
+            self.tracker.truncate(offset)
+        self.meta["config"] = self.config.to_dict()  # the values this session runs with (overrides included)
+        _write_json(self.dir / "config.json", self.meta)
+
+    def untouched(self) -> bool:
+        """True while the run has written no checkpoint and no metrics (nothing to lose by removing it)."""
+        metrics = self.dir / "metrics.jsonl"
+        return not checkpoint.list_checkpoints(self.ckpt_dir) and (not metrics.exists() or metrics.stat().st_size == 0)
 
     # ------------------------------------------------------------------ the loop
     def loop(self, total: int, *, unit: str = "step", show: str | None = None) -> Iterator[int]:
@@ -299,6 +334,8 @@ class Run:
         """
         every = max(1, int(getattr(self.config, "checkpoint_every", 0) or total))
         self._show = show
+        if self.step >= total:
+            self.say(f"{self.dir} is at step {self.step} of {total}; nothing to train (raise the total to go on)")
         self._start_progress(total, unit)
         for s in range(self.step + 1, total + 1):
             self.step = s
@@ -332,8 +369,16 @@ class Run:
         """Scalars to metrics.jsonl and W&B at ``step`` (default: the current step). Tensors are read here,
         so algorithms can hand over device tensors and sync only when logging."""
         values = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        step = self.step if step is None else step
         if self.tracker is not None:
-            self.tracker.log(values, self.step if step is None else step)
+            self.tracker.log(values, step)
+        diverged = [k for k, v in values.items() if "loss" in k and not math.isfinite(v)]
+        if diverged:  # stop before a checkpoint of broken weights replaces a good one
+            last = self.latest_checkpoint()
+            raise RunError(
+                f"{diverged[0]} = {values[diverged[0]]} at step {step}: training diverged and was stopped. The last "
+                f"good checkpoint is {last or 'none (none was written yet)'}; try a lower learning rate in a new run."
+            )
         if self._progress is not None and self._show in values:
             self._progress.update(self._task, figure=f"{self._show} {values[self._show]:.4g}")
 

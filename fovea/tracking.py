@@ -83,16 +83,19 @@ class Tracker:
         self.mode = resolve_mode(mode)
         self.wb = None
         if self.mode != "disabled":
-            self.wb = self._start_wandb(project, name, run_id, config)
+            self.wb = self._start_wandb(project, name, run_id, config, requested=mode)
 
-    def _start_wandb(self, project: str, name: str, run_id: str, config: dict):
+    def _start_wandb(self, project: str, name: str, run_id: str, config: dict, requested: str):
         try:
             import wandb
         except ImportError:  # pragma: no cover - wandb is a dependency
             self.say("W&B: wandb is not installed; metrics go to metrics.jsonl only.")
             return None
         os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")  # else W&B takes our `agents` package for OpenAI's
-        settings = wandb.Settings(console="off", x_disable_stats=True, silent=True)
+        # A server that cannot be reached fails the online start after init_timeout seconds (WANDB_INIT_TIMEOUT).
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
+        settings = wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=timeout)
+        auto_offline = self.mode == "offline" and requested == "auto" and not os.environ.get("WANDB_MODE")
         for mode in dict.fromkeys([self.mode, "offline"]):  # online first when asked; offline if that fails
             try:
                 with warnings.catch_warnings():
@@ -102,12 +105,14 @@ class Tracker:
                 run.define_metric("global_step")
                 run.define_metric("*", step_metric="global_step")
             except Exception as e:  # noqa: BLE001 - a broken tracker must not stop training
-                self.say(f"W&B: could not start in {mode} mode ({type(e).__name__}: {e}).")
+                self.say(f"W&B: could not start in {mode} mode ({type(e).__name__}: {str(e).splitlines()[0][:200]}).")
+                with contextlib.suppress(Exception):
+                    wandb.teardown()  # a half-started run would hold the run id against the offline retry
                 continue
             if mode == "offline":
                 sync_dir = os.path.relpath(run.settings.sync_dir) if run.settings.sync_dir else self.run_dir / "wandb"
-                why = "not logged in" if self.mode == "offline" else "online mode failed"
-                self.say(f"W&B: {why}, logging offline. Upload later with: wandb sync {sync_dir}")
+                why = "online mode failed, " if self.mode == "online" else "not logged in, " if auto_offline else ""
+                self.say(f"W&B: {why}logging offline. Upload later with: wandb sync {sync_dir}")
             self.mode = mode
             return run
         self.say("W&B: tracking disabled for this run; metrics go to metrics.jsonl only.")

@@ -132,3 +132,9 @@ def test_unknown_option_lists_the_options():
 def test_bad_resnet_depth_says_which_depths_fit():
     with pytest.raises(backbones.BackboneError, match="8, 14, 20"):
         backbones.build("resnet", (3, 32, 32), depth=9)
+
+
+def test_recurrent_refuses_a_time_major_done_mask():
+    core = RecurrentCore((3,), hidden_size=4)
+    with pytest.raises(backbones.BackboneError, match=r"done must be \(B, T\) = \(2, 5\)"):
+        core(torch.randn(2, 5, 3), done=torch.zeros(5, 2, dtype=torch.bool))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -89,23 +90,8 @@ def test_existing_run_is_never_overwritten(in_tmp, capsys):
 
 
 def _train_cmd(name: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "fovea",
-        "train",
-        "cnn-digits",
-        "--name",
-        name,
-        "--wandb",
-        "disabled",
-        "--epochs",
-        "40",
-        "--checkpoint-every",
-        "100",
-        *TINY_CNN,
-        *extra,
-    ]
+    args = f"train cnn-digits --name {name} --wandb disabled --epochs 15 --checkpoint-every 100".split()
+    return [sys.executable, "-m", "fovea", *args, *TINY_CNN, *extra]
 
 
 def test_sigterm_then_resume_equals_one_straight_run(in_tmp):
@@ -123,7 +109,7 @@ def test_sigterm_then_resume_equals_one_straight_run(in_tmp):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Resume with: fovea train --resume runs/cut" in err
     stopped_at = checkpoint.step_of(checkpoint.list_checkpoints(in_tmp / "runs/cut/checkpoints")[-1])
-    assert 3 <= stopped_at < 40  # it stopped mid-run, at a checkpoint of its own
+    assert 3 <= stopped_at < 15  # it stopped mid-run, at a checkpoint of its own
 
     resumed = subprocess.run(
         [sys.executable, "-m", "fovea", "train", "--resume", "runs/cut"],
@@ -193,7 +179,74 @@ def test_resume_before_any_checkpoint_starts_over(in_tmp):
         assert (in_tmp / "runs/early/metrics.jsonl").read_text() == ""  # no stale rows from the first attempt
 
 
-def test_default_run_names_never_collide(in_tmp):
+def test_default_run_names_never_collide(in_tmp, monkeypatch):
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr("fovea.run.datetime", Frozen)
     cfg = ClassifierConfig(epochs=1)
     with Run("cnn-digits", cfg, wandb="disabled") as a, Run("cnn-digits", cfg, wandb="disabled") as b:
-        assert a.dir != b.dir and b.dir.name.startswith("cnn-digits-")
+        assert (a.dir.name, b.dir.name) == ("cnn-digits-20260102-030405", "cnn-digits-20260102-030405-2")
+
+
+def test_resume_trains_longer_with_overrides(in_tmp, capsys):
+    assert main(["train", "cnn-digits", "--name", "ext", "--wandb", "disabled", "--epochs", "2", *TINY_CNN]) == 0
+    assert main(["train", "--resume", "runs/ext", "--epochs", "4"]) == 0
+    assert last_json(capsys.readouterr().out)["epochs"] == 4
+    rows = metrics(in_tmp / "runs/ext")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train/lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine now ends at the new last epoch
+    assert json.loads((in_tmp / "runs/ext/config.json").read_text())["config"]["epochs"] == 4
+    assert main(["train", "--resume", "runs/ext", "--name", "other"]) == 2  # a resume continues its own folder
+
+
+def test_failed_resume_changes_nothing(in_tmp, capsys):
+    assert main(["train", "cnn-digits", "--name", "keep", "--wandb", "disabled", "--epochs", "1", *TINY_CNN]) == 0
+    before = (in_tmp / "runs/keep/config.json").read_text()
+    assert main(["train", "--resume", "runs/keep", "--backbone", "resnet"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+    assert (in_tmp / "runs/keep/config.json").read_text() == before
+    assert main(["eval", "runs/keep"]) == 0
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(in_tmp, capsys):
+    argv = ["train", "cnn-digits", "--name", "fb", "--wandb", "disabled", "--epochs", "3", "--checkpoint-every", "1"]
+    assert main([*argv, *TINY_CNN]) == 0
+    straight = metrics(in_tmp / "runs/fb")
+    (in_tmp / "runs/fb/checkpoints/step_000000003/state.json").write_text('{"format": "fovea-checkpoint/1", "st')
+    assert main(["train", "--resume", "runs/fb"]) == 0
+    err = capsys.readouterr().err
+    assert "Cannot resume from step_000000003" in err and "from step_000000002 (step 2)" in err
+    assert metrics(in_tmp / "runs/fb") == straight
+
+
+def test_a_backbone_that_cannot_take_the_data_leaves_no_run_folder(in_tmp, capsys):
+    assert main(["train", "cnn-digits", "--name", "bad", "--wandb", "disabled", "--backbone", "nature-cnn"]) == 2
+    assert "cannot take inputs of shape (1, 8, 8)" in capsys.readouterr().err
+    assert not (in_tmp / "runs/bad").exists()
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(in_tmp, capsys):
+    argv = ["train", "cnn-digits", "--name", "nan", "--wandb", "disabled", "--epochs", "6", "--checkpoint-every", "1"]
+    assert main([*argv, "--lr", "1e9", "--optimizer", "sgd", "--momentum", "0", *TINY_CNN]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged and was stopped" in err and "Traceback" not in err
+    for ck in checkpoint.list_checkpoints(in_tmp / "runs/nan/checkpoints"):
+        weights = checkpoint.load(ck)[0]["objects"]["model"]
+        assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_unreachable_wandb_server_falls_back_to_offline(in_tmp, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    monkeypatch.delenv("WANDB_MODE")
+    argv = ["train", "cnn-digits", "--name", "net", "--wandb", "online", "--epochs", "2", *TINY_CNN]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "online mode failed, logging offline" in err and "wandb sync" in err
+    (wb_file,) = (in_tmp / "runs/net").glob("wandb/offline-run-*/run-*.wandb")
+    assert [r["global_step"] for r in history(wb_file) if "train/loss" in r] == [1, 2]
+    assert [r["step"] for r in metrics(in_tmp / "runs/net")] == [1, 2]

@@ -7,6 +7,7 @@ reaches about 98% test accuracy on the embedded 8x8 digits in well under a minut
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -138,8 +139,11 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
     tr = splits["train"]
     model = build(cfg, tr.shape, len(tr.classes), tr.max_value).to(run.device)
     optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.schedule == "cosine"
-                 else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))  # fmt: skip
+    # Closed form, read from cfg at every step: a run resumed with more --epochs stretches the cosine to the new end.
+    cosine = cfg.schedule == "cosine"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)) if cosine else 1.0
+    )
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run.track(model=model, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle)
     run.restore()
