@@ -69,6 +69,21 @@ class FrameReplay:
         return sum(t.numel() * t.element_size() for t in (self.frames, self.actions, self.rewards, self.terminated,
                                                           self.first, self.valid))  # fmt: skip
 
+    _TENSORS = ("frames", "actions", "rewards", "terminated", "first", "valid")
+
+    def state_dict(self) -> dict:
+        """Everything the ring holds, for a checkpoint (``--save-replay``)."""
+        return {**{k: getattr(self, k) for k in self._TENSORS}, "pos": self.pos, "written": self.written}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._TENSORS:
+            mine = getattr(self, k)
+            if tuple(state[k].shape) != tuple(mine.shape) or state[k].dtype != mine.dtype:
+                raise ValueError(f"replay {k} is {tuple(state[k].shape)} {state[k].dtype}, expected "
+                                 f"{tuple(mine.shape)} {mine.dtype}")  # fmt: skip
+            mine.copy_(state[k])
+        self.pos, self.written = int(state["pos"]), int(state["written"])
+
     def _newest(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
         obs = torch.as_tensor(obs, device=self.device)
         return obs[:, -1] if self.stack > 1 else obs

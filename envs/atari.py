@@ -84,6 +84,7 @@ class AtariVector:
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self.num_actions = int(self.single_action_space.n)
+        self.frame_stack = 4  # observations stack the last 4 frames: a replay can store each frame once
         self._return = np.zeros(num_envs, np.float64)
         self._length = np.zeros(num_envs, np.int64)
         self._reset_next = np.zeros(num_envs, bool)

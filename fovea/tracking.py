@@ -100,7 +100,7 @@ class Tracker:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    run = wandb.init(project=project, name=name, id=run_id, dir=str(self.run_dir), mode=mode,
+                    run = wandb.init(project=project, name=name, id=run_id, dir=str(self.run_dir.resolve()), mode=mode,
                                      config=config, resume="allow", settings=settings, reinit="create_new")  # fmt: skip
                 run.define_metric("global_step")
                 run.define_metric("*", step_metric="global_step")

@@ -1,0 +1,341 @@
+"""DQN with experience replay.
+
+Mnih et al., "Human-level control through deep reinforcement learning", Nature 518 (2015); with the
+options of double DQN (van Hasselt et al., AAAI 2016), the dueling head (Wang et al., ICML 2016) and
+Polyak-averaged targets. The notes, chapter 14.4: a Q-network trained towards the Bellman target
+r + gamma * max_a' Q_target(s', a') on random minibatches from a replay memory.
+
+The network is a registered backbone plus a linear (or dueling) head over the actions. The loop
+steps ``num_envs`` envs at once with batched epsilon-greedy actions, stores each transition in
+``FrameReplay``, and runs ``gradient_steps`` updates every ``train_every`` agent steps (the replay
+ratio). No bootstrap past a termination; a time-limit truncation bootstraps.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.replay import FrameReplay
+from envs import vector
+from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
+from fovea.errors import ConfigError
+from fovea.run import Run
+
+
+class QNetwork(nn.Module):
+    """``backbone`` -> Q-values over ``num_actions``; with ``dueling``, V(s) + A(s, a) - mean_a A(s, a).
+
+    Args:
+        backbone: any backbone exposing ``out_features``.
+        num_actions: size of the discrete action space.
+        dueling: use the dueling head of Wang et al. (2016).
+        pixel_scale: divide inputs by this (255 for uint8 frames, 1 for state vectors).
+    """
+
+    def __init__(self, backbone: nn.Module, num_actions: int, dueling: bool = False, pixel_scale: float = 1.0):
+        super().__init__()
+        self.backbone, self.dueling, self.pixel_scale = backbone, dueling, pixel_scale
+        f = backbone.out_features
+        self.head = nn.Linear(f, num_actions)
+        self.value = nn.Linear(f, 1) if dueling else None
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(obs.float() / self.pixel_scale)  # (B, F)
+        q = self.head(h)  # (B, A)
+        if self.value is not None:
+            q = self.value(h) + q - q.mean(1, keepdim=True)
+        return q
+
+    @torch.inference_mode()
+    def act(self, obs: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
+        """Epsilon-greedy actions (B,) for a batch of observations, chosen together."""
+        greedy = self(obs).argmax(1).cpu()
+        explore = torch.rand(len(greedy), generator=generator) < epsilon
+        return torch.where(explore, torch.randint(0, self.head.out_features, greedy.shape, generator=generator), greedy)
+
+
+def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
+              next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:  # fmt: skip
+    """r + gamma * (1 - terminated) * Q_target(s', a*), a* = argmax Q_target (DQN) or argmax Q_online (double)."""
+    a_star = (next_q_online if next_q_online is not None else next_q_target).argmax(1, keepdim=True)
+    return rewards + gamma * (1.0 - terminated) * next_q_target.gather(1, a_star).squeeze(1)
+
+
+@dataclass(kw_only=True)
+class DQNConfig(Config):
+    """DQN: defaults are RL Zoo's tuned CartPole-v1 settings (500 at 50k steps)."""
+
+    env: str = "cartpole"
+    """cartpole, catch, or an Atari game (pong, breakout, ...)."""
+    num_envs: int = param(1, ge=1)
+    """Environments stepped together; actions for all of them come from one forward pass."""
+    total_steps: int = param(50_000, ge=1)
+    """Agent steps (env steps summed over the envs) to train for."""
+    backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(name="mlp", options={"hidden": (256, 256)}))
+    """Trunk of the Q-network: --backbone nature-cnn for Atari."""
+    dueling: bool = False
+    """Dueling head (Wang et al. 2016)."""
+    double: bool = False
+    """Double DQN targets (van Hasselt et al. 2016)."""
+    buffer_size: int = param(100_000, ge=1)
+    """Transitions the replay holds."""
+    batch_size: int = param(64, ge=1)
+    """Transitions per gradient step."""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """torch.optim optimizer."""
+    lr: float = param(2.3e-3, gt=0)
+    """Learning rate."""
+    optimizer_eps: float = param(1e-8, gt=0)
+    """Adam / RMSprop epsilon (1.5e-4 in Rainbow-style Adam, 0.01 in the Nature RMSprop)."""
+    gamma: float = param(0.99, ge=0, le=1)
+    """Discount factor."""
+    learning_starts: int = param(1000, ge=0)
+    """Agent steps of experience before learning starts."""
+    train_every: int = param(256, ge=1)
+    """Agent steps between training phases."""
+    gradient_steps: int = param(128, ge=1)
+    """Gradient steps per training phase: the replay ratio is gradient_steps / train_every."""
+    target_update_every: int = param(10, ge=1)
+    """Agent steps between target-network updates."""
+    tau: float = param(1.0, gt=0, le=1)
+    """Target update: 1 copies the weights (hard), less mixes them in (Polyak)."""
+    eps_start: float = param(1.0, ge=0, le=1)
+    """Exploration epsilon at the start."""
+    eps_end: float = param(0.04, ge=0, le=1)
+    """Exploration epsilon at the end of the schedule."""
+    eps_fraction: float = param(0.16, gt=0, le=1)
+    """Fraction of total_steps over which epsilon falls linearly."""
+    loss: Literal["huber", "mse"] = "huber"
+    """TD loss: Huber (smooth L1, as in the Nature paper's error clipping) or squared error."""
+    max_grad_norm: float = param(10.0, ge=0)
+    """Clip the gradient norm (0: no clipping)."""
+    clip_rewards: bool = False
+    """Learn from sign(reward) (Atari); the reported return is always unclipped."""
+    sticky: float = param(0.25, ge=0, le=1)
+    """Atari: sticky-action probability (Machado et al. 2018; 0 for the Nature setting)."""
+    life_loss: bool = True
+    """Atari: a lost life ends the episode for learning (never for the reported score)."""
+    eval_every: int = param(10_000, ge=0)
+    """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
+    eval_episodes: int = param(10, ge=1)
+    """Episodes played by each evaluation and by `fovea eval`."""
+    eval_epsilon: float = param(0.0, ge=0, le=1)
+    """Epsilon during evaluation (0.05 in the Nature protocol)."""
+    save_replay: bool = False
+    """Put the replay buffer in checkpoints, for an exact resume (large for Atari)."""
+    seed: int = 0
+    """Seeds every RNG and the envs."""
+    checkpoint_every: int = param(10_000, ge=1)
+    """Vector steps (iterations of all envs) between checkpoints."""
+
+    def validate(self) -> None:
+        vector.check_name(self.env)
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(
+                f"DQNConfig.batch_size = {self.batch_size} is larger than buffer_size = {self.buffer_size}"
+            )
+        if self.buffer_size // self.num_envs < 8:
+            raise ConfigError(f"DQNConfig.buffer_size = {self.buffer_size} is too small for num_envs = {self.num_envs}")
+
+    def epsilon(self, agent_steps: int) -> float:
+        frac = min(1.0, agent_steps / (self.eps_fraction * self.total_steps))
+        return self.eps_start + frac * (self.eps_end - self.eps_start)
+
+
+def make_env(cfg: DQNConfig, num_envs: int, seed: int, evaluation: bool = False):
+    atari = dict(sticky=cfg.sticky, life_loss=cfg.life_loss and not evaluation)
+    return vector.make(cfg.env, num_envs, seed=seed, **(atari if cfg.env not in vector.CLASSIC else {}))
+
+
+def build(cfg: DQNConfig, env) -> QNetwork:
+    space = env.single_observation_space
+    pixels = space.dtype == np.uint8
+    return QNetwork(cfg.backbone.build(space.shape), env.num_actions, cfg.dueling, 255.0 if pixels else 1.0)
+
+
+def train(cfg: DQNConfig, run: Run) -> dict:
+    env = make_env(cfg, cfg.num_envs, cfg.seed)
+    qnet = build(cfg, env).to(run.device)
+    target = copy.deepcopy(qnet).requires_grad_(False)
+    best = copy.deepcopy(qnet).requires_grad_(False)  # the network of the best evaluation so far
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.RMSprop
+    optimizer = opt_cls(qnet.parameters(), lr=cfg.lr, eps=cfg.optimizer_eps)
+    space = env.single_observation_space
+    stack = getattr(env, "frame_stack", 1)
+    frame_shape = space.shape[1:] if stack > 1 else space.shape
+    dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
+    replay = FrameReplay(cfg.buffer_size, cfg.num_envs, frame_shape, stack=stack, dtype=dtype, device=run.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    run.track(qnet=qnet, target=target, best=best, optimizer=optimizer, generator=gen)
+    if cfg.save_replay:
+        run.track(replay=replay)
+    run.restore()
+
+    obs = env.reset()
+    replay.start(obs)
+    iterations = cfg.total_steps // cfg.num_envs
+    start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, 0
+    for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
+        steps = it * cfg.num_envs  # agent steps after this iteration
+        epsilon = cfg.epsilon(steps)
+        actions = qnet.act(torch.as_tensor(obs, device=run.device), epsilon, gen).numpy()
+        next_obs, reward, term, trunc, info = env.step(actions)
+        learn_reward = np.sign(reward) if cfg.clip_rewards else reward
+        replay.add(actions, learn_reward, term, next_obs, info["reset"])
+        obs = next_obs
+        done = info["episodes"]
+        if len(done.returns):
+            episode = {"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()}
+            run.log({**episode, "train/epsilon": epsilon}, step=steps)
+        if steps < cfg.learning_starts or len(replay) < cfg.batch_size:
+            continue
+        phases = steps // cfg.train_every - (steps - cfg.num_envs) // cfg.train_every
+        for _ in range(phases * cfg.gradient_steps):
+            out = update(cfg, qnet, target, optimizer, replay, gen)
+            updates += 1
+            if updates % 100 == 0:
+                sps = (steps - start_steps) / (time.perf_counter() - start_time)
+                run.log({"train/loss": out["loss"], "train/q_values": out["q"], "perf/sps": sps}, step=steps)
+        if steps // cfg.target_update_every > (steps - cfg.num_envs) // cfg.target_update_every:
+            with torch.no_grad():
+                for p, tp in zip(qnet.parameters(), target.parameters(), strict=True):
+                    tp.lerp_(p, cfg.tau)
+                for b, tb in zip(qnet.buffers(), target.buffers(), strict=True):
+                    tb.copy_(b)
+        if cfg.eval_every and steps // cfg.eval_every > (steps - cfg.num_envs) // cfg.eval_every:
+            keep_best(cfg, run, qnet, best, steps)
+    env.close()
+    final = keep_best(cfg, run, qnet, best, run.step * cfg.num_envs)
+    return {"agent_steps": run.step * cfg.num_envs, **final, "eval/best_mean_return": run.state["best_return"],
+            "eval/best_step": run.state["best_step"]}  # fmt: skip
+
+
+def keep_best(cfg: DQNConfig, run: Run, qnet: QNetwork, best: QNetwork, steps: int) -> dict:
+    """Evaluate the current network, log it, and copy it into ``best`` when it beats every earlier one."""
+    res = evaluate_policy(cfg, qnet, run.device)
+    run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
+    if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
+        run.state.update(best_return=res["eval/mean_return"], best_step=steps)
+        best.load_state_dict(qnet.state_dict())
+    return res
+
+
+def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen) -> dict:
+    """One gradient step on a sampled minibatch; returns the loss and mean Q(s, a) as tensors (no sync)."""
+    b = replay.sample(cfg.batch_size, gen)
+    with torch.no_grad():
+        next_q = target(b.next_obs)
+        y = td_target(b.rewards, b.terminated, next_q, qnet(b.next_obs) if cfg.double else None, cfg.gamma)
+    q = qnet(b.obs).gather(1, b.actions[:, None]).squeeze(1)
+    loss = F.smooth_l1_loss(q, y) if cfg.loss == "huber" else F.mse_loss(q, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.max_grad_norm > 0:
+        nn.utils.clip_grad_norm_(qnet.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    return {"loss": loss.detach(), "q": q.detach().mean()}
+
+
+def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None) -> dict:
+    """Mean and spread of full-episode (unclipped) returns, acting with ``eval_epsilon``."""
+    episodes = episodes or cfg.eval_episodes
+    env = make_env(cfg, min(episodes, 8), cfg.seed + 10_000, evaluation=True)
+    gen = torch.Generator().manual_seed(cfg.seed + 10_000)
+    obs, returns = env.reset(), []
+    was_training = qnet.training
+    qnet.eval()
+    while len(returns) < episodes:
+        actions = qnet.act(torch.as_tensor(obs, device=device), cfg.eval_epsilon, gen).numpy()
+        obs, _, _, _, info = env.step(actions)
+        returns += info["episodes"].returns.tolist()
+    qnet.train(was_training)
+    env.close()
+    r = np.array(returns[:episodes])
+    return {"eval/mean_return": float(r.mean()), "eval/std_return": float(r.std()), "eval/min_return": float(r.min()),
+            "eval/max_return": float(r.max()), "eval/episodes": episodes}  # fmt: skip
+
+
+def evaluate(cfg: DQNConfig, run: Run) -> dict:
+    env = make_env(cfg, 1, cfg.seed)
+    qnet = build(cfg, env).to(run.device)
+    env.close()
+    run.track(best=qnet)  # the best network of the training evaluations
+    if not run.restore():
+        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
+    return {"network": "best", "best_step": run.state.get("best_step"), **evaluate_policy(cfg, qnet, run.device)}
+
+
+register_task(DQNConfig, train, evaluate)
+register_recipe("dqn-cartpole", DQNConfig(), "DQN on CartPole-v1 with RL Zoo's tuned settings: 500 within 50k steps")
+register_recipe(
+    "dqn-catch",
+    DQNConfig(
+        env="catch",
+        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none"}),
+        num_envs=4,
+        total_steps=20_000,
+        buffer_size=20_000,
+        learning_starts=1000,
+        train_every=4,
+        gradient_steps=1,
+        target_update_every=250,
+        lr=1e-3,
+        eps_end=0.05,
+        eps_fraction=0.5,
+        eval_episodes=100,
+        checkpoint_every=1000,
+    ),
+    "DQN with a small CNN on the 10x5 Catch pixels: catches the ball in >90% of episodes within 20k steps",
+)
+# CleanRL's dqn_atari.py / RL Zoo: Adam 1e-4, batch 32, train every 4 steps, target every 1,000, epsilon 1 -> 0.01
+# over 10% of 10M steps, a 1M-transition replay, rewards clipped for learning.
+_ATARI = dict(
+    backbone=BackboneSpec(name="nature-cnn"),
+    total_steps=10_000_000,
+    buffer_size=1_000_000,
+    batch_size=32,
+    lr=1e-4,
+    learning_starts=80_000,
+    train_every=4,
+    gradient_steps=1,
+    target_update_every=1000,
+    eps_end=0.01,
+    eps_fraction=0.1,
+    clip_rewards=True,
+    eval_epsilon=0.05,
+    eval_episodes=30,
+    checkpoint_every=100_000,
+)
+# Mnih et al. (2015), Extended Data Table 1: RMSprop 2.5e-4, target every 10k updates (40k steps), epsilon 1 -> 0.1
+# over 1M steps, learning after 50k steps, no sticky actions.
+_NATURE = {
+    **_ATARI,
+    "optimizer": "rmsprop",
+    "lr": 2.5e-4,
+    "optimizer_eps": 0.01,
+    "learning_starts": 50_000,
+    "target_update_every": 40_000,
+    "eps_end": 0.1,
+    "eps_fraction": 0.1,
+    "sticky": 0.0,
+    "max_grad_norm": 0.0,
+}
+for _game in ("pong", "breakout"):
+    register_recipe(
+        f"dqn-{_game}",
+        DQNConfig(env=_game, **_ATARI),
+        f"DQN on Atari {_game.capitalize()} with the CleanRL / RL Zoo settings (10M steps)",
+    )
+    register_recipe(
+        f"dqn-nature-{_game}",
+        DQNConfig(env=_game, **_NATURE),
+        f"DQN on Atari {_game.capitalize()} with the Nature paper's settings (Mnih et al. 2015)",
+    )
