@@ -312,6 +312,7 @@ _ATARI = dict(
     clip_rewards=True,
     eval_epsilon=0.05,
     eval_episodes=30,
+    eval_every=500_000,
     checkpoint_every=100_000,
 )
 # Mnih et al. (2015), Extended Data Table 1: RMSprop 2.5e-4, target every 10k updates (40k steps), epsilon 1 -> 0.1
