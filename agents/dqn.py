@@ -56,10 +56,14 @@ class QNetwork(nn.Module):
 
     @torch.inference_mode()
     def act(self, obs: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
-        """Epsilon-greedy actions (B,) for a batch of observations, chosen together."""
-        greedy = self(obs).argmax(1).cpu()
-        explore = torch.rand(len(greedy), generator=generator) < epsilon
-        return torch.where(explore, torch.randint(0, self.head.out_features, greedy.shape, generator=generator), greedy)
+        """Epsilon-greedy actions (B,) for a batch of observations, chosen together; no forward pass
+        when every env explores."""
+        n = obs.shape[0]
+        explore = torch.rand(n, generator=generator) < epsilon
+        random = torch.randint(0, self.head.out_features, (n,), generator=generator)
+        if bool(explore.all()):
+            return random
+        return torch.where(explore, random, self(obs).argmax(1).cpu())
 
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
@@ -125,8 +129,8 @@ class DQNConfig(Config):
     """Atari: a lost life ends the episode for learning (never for the reported score)."""
     eval_every: int = param(10_000, ge=0)
     """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
-    eval_episodes: int = param(10, ge=1)
-    """Episodes played by each evaluation and by `fovea eval`."""
+    eval_episodes: int = param(10, ge=0)
+    """Episodes played by each evaluation and by `fovea eval` (0: no evaluation during training)."""
     eval_epsilon: float = param(0.0, ge=0, le=1)
     """Epsilon during evaluation (0.05 in the Nature protocol)."""
     save_replay: bool = False
@@ -167,7 +171,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     target = copy.deepcopy(qnet).requires_grad_(False)
     best = copy.deepcopy(qnet).requires_grad_(False)  # the network of the best evaluation so far
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.RMSprop
-    optimizer = opt_cls(qnet.parameters(), lr=cfg.lr, eps=cfg.optimizer_eps)
+    optimizer = opt_cls(qnet.parameters(), lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)  # one kernel per op
     space = env.single_observation_space
     stack = getattr(env, "frame_stack", 1)
     frame_shape = space.shape[1:] if stack > 1 else space.shape
@@ -185,7 +189,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, 0
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
         steps = it * cfg.num_envs  # agent steps after this iteration
-        epsilon = cfg.epsilon(steps)
+        epsilon = cfg.epsilon(steps) if steps > cfg.learning_starts else 1.0  # uniform actions until learning starts
         actions = qnet.act(torch.as_tensor(obs, device=run.device), epsilon, gen).numpy()
         next_obs, reward, term, trunc, info = env.step(actions)
         learn_reward = np.sign(reward) if cfg.clip_rewards else reward
@@ -210,9 +214,11 @@ def train(cfg: DQNConfig, run: Run) -> dict:
                     tp.lerp_(p, cfg.tau)
                 for b, tb in zip(qnet.buffers(), target.buffers(), strict=True):
                     tb.copy_(b)
-        if cfg.eval_every and steps // cfg.eval_every > (steps - cfg.num_envs) // cfg.eval_every:
+        if cfg.eval_every and cfg.eval_episodes and steps // cfg.eval_every > (steps - cfg.num_envs) // cfg.eval_every:
             keep_best(cfg, run, qnet, best, steps)
     env.close()
+    if not cfg.eval_episodes:
+        return {"agent_steps": run.step * cfg.num_envs}
     final = keep_best(cfg, run, qnet, best, run.step * cfg.num_envs)
     return {"agent_steps": run.step * cfg.num_envs, **final, "eval/best_mean_return": run.state["best_return"],
             "eval/best_step": run.state["best_step"]}  # fmt: skip
@@ -246,7 +252,7 @@ def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: 
 
 def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None) -> dict:
     """Mean and spread of full-episode (unclipped) returns, acting with ``eval_epsilon``."""
-    episodes = episodes or cfg.eval_episodes
+    episodes = episodes or cfg.eval_episodes or 10
     env = make_env(cfg, min(episodes, 8), cfg.seed + 10_000, evaluation=True)
     gen = torch.Generator().manual_seed(cfg.seed + 10_000)
     obs, returns = env.reset(), []
