@@ -1,6 +1,6 @@
-"""Deep RL agents on pixels: DQN with experience replay (more to come), and the stable-baselines3 adapter.
+"""Deep RL agents on pixels: DQN with experience replay, REINFORCE with a baseline, A2C; the SB3 adapter.
 
 Importing the package registers its recipes (``dqn-cartpole``, ...).
 """
 
-from agents import dqn  # noqa: F401
+from agents import a2c, dqn, reinforce  # noqa: F401

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agents import common, watch
+from agents.common import AgentConfig, build_trunk, clip_grads, make_env, pixel_scale, play, return_figures
 from agents.replay import FrameReplay
-from envs import vector
-from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
+from fovea.config import BackboneSpec, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
 
@@ -74,15 +75,9 @@ def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: to
 
 
 @dataclass(kw_only=True)
-class DQNConfig(Config):
+class DQNConfig(AgentConfig):
     """DQN: defaults are RL Zoo's tuned CartPole-v1 settings (500 at 50k steps)."""
 
-    env: str = "cartpole"
-    """cartpole, catch, or an Atari game (pong, breakout, ...)."""
-    num_envs: int = param(1, ge=1)
-    """Environments stepped together; actions for all of them come from one forward pass."""
-    total_steps: int = param(50_000, ge=1)
-    """Agent steps (env steps summed over the envs) to train for."""
     backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(name="mlp", options={"hidden": (256, 256)}))
     """Trunk of the Q-network: --backbone nature-cnn for Atari."""
     dueling: bool = False
@@ -99,8 +94,6 @@ class DQNConfig(Config):
     """Learning rate."""
     optimizer_eps: float = param(1e-8, gt=0)
     """Adam / RMSprop epsilon (1.5e-4 in Rainbow-style Adam, 0.01 in the Nature RMSprop)."""
-    gamma: float = param(0.99, ge=0, le=1)
-    """Discount factor."""
     learning_starts: int = param(1000, ge=0)
     """Agent steps of experience before learning starts."""
     train_every: int = param(256, ge=1)
@@ -119,29 +112,13 @@ class DQNConfig(Config):
     """Fraction of total_steps over which epsilon falls linearly."""
     loss: Literal["huber", "mse"] = "huber"
     """TD loss: Huber (smooth L1, as in the Nature paper's error clipping) or squared error."""
-    max_grad_norm: float = param(10.0, ge=0)
-    """Clip the gradient norm (0: no clipping)."""
-    clip_rewards: bool = False
-    """Learn from sign(reward) (Atari); the reported return is always unclipped."""
-    sticky: float = param(0.25, ge=0, le=1)
-    """Atari: sticky-action probability (Machado et al. 2018; 0 for the Nature setting)."""
-    life_loss: bool = True
-    """Atari: a lost life ends the episode for learning (never for the reported score)."""
-    eval_every: int = param(10_000, ge=0)
-    """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
-    eval_episodes: int = param(10, ge=0)
-    """Episodes played by each evaluation and by `fovea eval` (0: no evaluation during training)."""
     eval_epsilon: float = param(0.0, ge=0, le=1)
     """Epsilon during evaluation (0.05 in the Nature protocol)."""
     save_replay: bool = False
     """Put the replay buffer in checkpoints, for an exact resume (large for Atari)."""
-    seed: int = 0
-    """Seeds every RNG and the envs."""
-    checkpoint_every: int = param(10_000, ge=1)
-    """Vector steps (iterations of all envs) between checkpoints."""
 
     def validate(self) -> None:
-        vector.check_name(self.env)
+        super().validate()
         if self.batch_size > self.buffer_size:
             raise ConfigError(
                 f"DQNConfig.batch_size = {self.batch_size} is larger than buffer_size = {self.buffer_size}"
@@ -154,15 +131,9 @@ class DQNConfig(Config):
         return self.eps_start + frac * (self.eps_end - self.eps_start)
 
 
-def make_env(cfg: DQNConfig, num_envs: int, seed: int, evaluation: bool = False):
-    atari = dict(sticky=cfg.sticky, life_loss=cfg.life_loss and not evaluation)
-    return vector.make(cfg.env, num_envs, seed=seed, **(atari if cfg.env not in vector.CLASSIC else {}))
-
-
 def build(cfg: DQNConfig, env) -> QNetwork:
-    space = env.single_observation_space
-    pixels = space.dtype == np.uint8
-    return QNetwork(cfg.backbone.build(space.shape), env.num_actions, cfg.dueling, 255.0 if pixels else 1.0)
+    trunk = build_trunk(cfg, env.single_observation_space.shape)
+    return QNetwork(trunk, env.num_actions, cfg.dueling, pixel_scale(env))
 
 
 def train(cfg: DQNConfig, run: Run) -> dict:
@@ -171,7 +142,8 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     target = copy.deepcopy(qnet).requires_grad_(False)
     best = copy.deepcopy(qnet).requires_grad_(False)  # the network of the best evaluation so far
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.RMSprop
-    optimizer = opt_cls(qnet.parameters(), lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)  # one kernel per op
+    trainable = [p for p in qnet.parameters() if p.requires_grad]  # all but a frozen --backbone-from trunk
+    optimizer = opt_cls(trainable, lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)  # one kernel per op
     space = env.single_observation_space
     stack = getattr(env, "frame_stack", 1)
     frame_shape = space.shape[1:] if stack > 1 else space.shape
@@ -220,18 +192,14 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     if not cfg.eval_episodes:
         return {"agent_steps": run.step * cfg.num_envs}
     final = keep_best(cfg, run, qnet, best, run.step * cfg.num_envs)
+    run.save()  # the final evaluation may have found a new best network: keep it
     return {"agent_steps": run.step * cfg.num_envs, **final, "eval/best_mean_return": run.state["best_return"],
             "eval/best_step": run.state["best_step"]}  # fmt: skip
 
 
 def keep_best(cfg: DQNConfig, run: Run, qnet: QNetwork, best: QNetwork, steps: int) -> dict:
-    """Evaluate the current network, log it, and copy it into ``best`` when it beats every earlier one."""
-    res = evaluate_policy(cfg, qnet, run.device)
-    run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
-    if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
-        run.state.update(best_return=res["eval/mean_return"], best_step=steps)
-        best.load_state_dict(qnet.state_dict())
-    return res
+    """Evaluate the current network, log it, and keep it in ``best`` when it beats every earlier one."""
+    return common.keep_best(run, qnet, best, steps, lambda net: evaluate_policy(cfg, net, run.device))
 
 
 def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen) -> dict:
@@ -244,39 +212,43 @@ def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: 
     loss = F.smooth_l1_loss(q, y) if cfg.loss == "huber" else F.mse_loss(q, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.max_grad_norm > 0:
-        nn.utils.clip_grad_norm_(qnet.parameters(), cfg.max_grad_norm)
+    clip_grads(qnet, cfg.max_grad_norm)
     optimizer.step()
     return {"loss": loss.detach(), "q": q.detach().mean()}
 
 
 def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None) -> dict:
     """Mean and spread of full-episode (unclipped) returns, acting with ``eval_epsilon``."""
-    episodes = episodes or cfg.eval_episodes or 10
-    env = make_env(cfg, min(episodes, 8), cfg.seed + 10_000, evaluation=True)
     gen = torch.Generator().manual_seed(cfg.seed + 10_000)
-    obs, returns = env.reset(), []
     was_training = qnet.training
     qnet.eval()
-    while len(returns) < episodes:
-        actions = qnet.act(torch.as_tensor(obs, device=device), cfg.eval_epsilon, gen).numpy()
-        obs, _, _, _, info = env.step(actions)
-        returns += info["episodes"].returns.tolist()
-    qnet.train(was_training)
-    env.close()
-    r = np.array(returns[:episodes])
-    return {"eval/mean_return": float(r.mean()), "eval/std_return": float(r.std()), "eval/min_return": float(r.min()),
-            "eval/max_return": float(r.max()), "eval/episodes": episodes}  # fmt: skip
+    try:
+        returns = play(cfg, lambda obs, _: qnet.act(torch.as_tensor(obs, device=device), cfg.eval_epsilon, gen).numpy(),
+                       episodes or cfg.eval_episodes or 10, seed=cfg.seed + 10_000)  # fmt: skip
+    finally:
+        qnet.train(was_training)
+    return return_figures(returns)
 
 
-def evaluate(cfg: DQNConfig, run: Run) -> dict:
+def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, video: bool = False,
+             saliency: bool = False) -> dict:  # fmt: skip
+    """Play the best network of training: ``episodes`` full games (the Nature protocol on Atari: no-op
+    starts, ``eval_epsilon``), and with ``video`` / ``saliency`` one more recorded to MP4."""
     env = make_env(cfg, 1, cfg.seed)
     qnet = build(cfg, env).to(run.device)
     env.close()
     run.track(best=qnet)  # the best network of the training evaluations
     if not run.restore():
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    return {"network": "best", "best_step": run.state.get("best_step"), **evaluate_policy(cfg, qnet, run.device)}
+    qnet.eval()
+    figures = {"network": "best", "best_step": run.state.get("best_step"),
+               **evaluate_policy(cfg, qnet, run.device, episodes)}  # fmt: skip
+    if video or saliency:
+        gen = torch.Generator().manual_seed(cfg.seed + 20_000)
+        policy = lambda obs, _: qnet.act(torch.as_tensor(obs, device=run.device), cfg.eval_epsilon, gen).numpy()  # noqa: E731
+        score = (lambda x, _: qnet(x[None]).max()) if saliency else None  # noqa: E731
+        figures.update(watch.record(cfg, run, policy, score=score, step=run.step * cfg.num_envs))
+    return figures
 
 
 register_task(DQNConfig, train, evaluate)
@@ -285,7 +257,7 @@ register_recipe(
     "dqn-catch",
     DQNConfig(
         env="catch",
-        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none"}),
+        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"}),
         num_envs=4,
         total_steps=20_000,
         buffer_size=20_000,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import inspect
 import json
 import math
 import shutil
@@ -76,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint: fovea eval runs/NAME", allow_abbrev=False)
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
+    e.add_argument("--episodes", type=int, help="agents: episodes to play (default: the config's eval_episodes)")
+    e.add_argument("--video", action="store_true", help="agents: record one episode to runs/NAME/videos/ and W&B")
+    e.add_argument("--saliency", action="store_true", help="agents: the video shows gradient saliency (pixels only)")
+    e.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode for the videos (default: auto)")  # fmt: skip
+    e.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
     d = sub.add_parser("demo", help="train the first recipe (cnn-digits) on embedded data and show the outputs")
     _run_options(d)
     return p
@@ -175,9 +182,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if recipe.task.evaluate is None:
         raise UsageError(f"recipe {recipe.name!r} has no evaluation")
     cfg = from_dict(type(recipe.config), doc["config"])
+    options = {k: v for k, v in (("episodes", args.episodes), ("video", args.video), ("saliency", args.saliency)) if v}
+    accepted = inspect.signature(recipe.task.evaluate).parameters
+    unknown = [f"--{k}" for k in options if k not in accepted]
+    if unknown:
+        raise UsageError(f"{' and '.join(unknown)}: recipe {recipe.name!r} evaluates without such options")
+    if args.episodes is not None and args.episodes < 1:
+        raise UsageError(f"--episodes {args.episodes} must be at least 1")
     run = Run(recipe.name, cfg, run_dir=args.run_dir, device=args.device, evaluate=True)
+    if args.video or args.saliency:
+        run.attach_tracker(args.wandb, args.project)
     with run:
-        figures = recipe.task.evaluate(cfg, run)
+        figures = recipe.task.evaluate(cfg, run, **options)
         figures = {"run": str(run.dir), "step": run.step, **figures}
         run.finish(figures)
     print_figures(f"eval {run.dir}", figures)

@@ -382,9 +382,21 @@ class Run:
         if self._progress is not None and self._show in values:
             self._progress.update(self._task, figure=f"{self._show} {values[self._show]:.4g}")
 
-    def log_image(self, key: str, image: Any, folder: str = "media") -> Path | None:
-        """An image (PNG in the run folder, W&B media) at the current step."""
-        return self.tracker.log_image(key, image, self.step, folder) if self.tracker else None
+    def log_image(self, key: str, image: Any, folder: str = "media", step: int | None = None) -> Path | None:
+        """An image (PNG in the run folder, W&B media) at ``step`` (default: the current step)."""
+        step = self.step if step is None else step
+        return self.tracker.log_image(key, image, step, folder) if self.tracker else None
+
+    def log_video(self, key: str, path: str | Path, step: int | None = None) -> None:
+        """An MP4 in the run folder, logged to W&B as a video at ``step`` (default: the current step)."""
+        if self.tracker is not None:
+            self.tracker.log_video(key, path, self.step if step is None else step)
+
+    def attach_tracker(self, wandb: str = "auto", project: str = "fovea") -> None:
+        """For evaluation: log media (videos, images) into the run's own W&B run and metrics.jsonl."""
+        if self.tracker is None and wandb != "disabled":
+            self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
+                                   config={"recipe": self.recipe, **self.config.to_dict()}, say=self.say)  # fmt: skip
 
     def finish(self, figures: dict[str, Any]) -> None:
         """Record the final figures (W&B summary and ``runs/NAME/summary.json``)."""

@@ -139,6 +139,14 @@ class Tracker:
             self._wandb_log({key: wandb.Image(str(out)), "global_step": step})
         return out
 
+    def log_video(self, key: str, path: str | Path, step: int, fps: float | None = None) -> None:
+        """Log an MP4 already in the run folder to W&B as a video (gymnasium's RecordVideo uploads nothing
+        by itself: the file has to be logged)."""
+        if self.wb is not None:
+            import wandb
+
+            self._wandb_log({key: wandb.Video(str(path), format="mp4"), "global_step": step})
+
     def _wandb_log(self, row: dict) -> None:
         if self.wb is None:
             return

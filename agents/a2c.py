@@ -1,0 +1,281 @@
+"""Advantage actor-critic (A2C), the synchronous form of Mnih et al., "Asynchronous Methods for Deep
+Reinforcement Learning" (ICML 2016); the notes, chapter 14.6: an actor (the policy) pushed along
+grad log pi(a|s) * A(s, a), and a critic V(s) that supplies the advantage A = Q - V.
+
+Each update collects ``n_steps`` steps from ``num_envs`` envs, estimates advantages with GAE(lambda)
+(lambda = 1: the n-step returns of the paper), and takes one gradient step on
+policy loss + vf_coef * value loss - ent_coef * entropy. With ``--recurrent lstm`` (or ``gru``) a
+RecurrentCore sits between the CNN and the heads; its state is carried across rollouts and reset
+where an episode starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agents import common, watch
+from agents.common import AgentConfig, build_trunk, clip_grads, crossed, make_env, pixel_scale, play, return_figures
+from agents.policy import ActorCritic, PolicyActor, sample
+from agents.returns import gae
+from backbones.rnn import RecurrentCore
+from fovea.config import BackboneSpec, param, register_recipe, register_task
+from fovea.errors import ConfigError
+from fovea.run import Run
+
+
+@dataclass(kw_only=True)
+class A2CConfig(AgentConfig):
+    """A2C: defaults are SB3's A2C (RMSprop 7e-4, 5-step rollouts, vf 0.5, grad norm 0.5) on CartPole-v1."""
+
+    num_envs: int = param(8, ge=1)
+    """Environments stepped together; each rollout holds n_steps from each."""
+    total_steps: int = param(200_000, ge=1)
+    """Agent steps (env steps summed over the envs) to train for."""
+    n_steps: int = param(5, ge=1)
+    """Steps per env in each rollout: the n of the n-step returns."""
+    gae_lambda: float = param(1.0, ge=0, le=1)
+    """GAE lambda: 1 gives the n-step returns of A2C, 0.95 the usual GAE trade-off."""
+    vf_coef: float = param(0.5, ge=0)
+    """Weight of the value (critic) loss."""
+    ent_coef: float = param(0.0, ge=0)
+    """Weight of the entropy bonus."""
+    normalize_advantages: bool = False
+    """Standardise the advantages of each rollout."""
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """RMSprop (alpha 0.99, as in the paper and SB3) or Adam."""
+    lr: float = param(7e-4, gt=0)
+    """Learning rate."""
+    optimizer_eps: float = param(1e-5, gt=0)
+    """Optimizer epsilon."""
+    lr_decay: bool = False
+    """Anneal the learning rate linearly to 0 over training."""
+    max_grad_norm: float = param(0.5, ge=0)
+    """Clip the gradient norm (0: no clipping)."""
+    shared_backbone: bool = True
+    """Actor and critic share the trunk; false gives the critic its own (SB3's MlpPolicy does so)."""
+    recurrent: Literal["none", "lstm", "gru"] = "none"
+    """A RecurrentCore (LSTM or GRU) between the trunk and the heads."""
+    hidden_size: int = param(256, ge=1)
+    """Size of the recurrent state."""
+    eval_greedy: bool = True
+    """Evaluate with the most probable action (false: sample from the policy, usual for Atari)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.recurrent != "none" and not self.shared_backbone:
+            raise ConfigError("A2CConfig.recurrent needs shared_backbone = true (the core feeds both heads)")
+
+
+def build(cfg: A2CConfig | AgentConfig, env) -> ActorCritic:
+    shape = env.single_observation_space.shape
+    trunk = build_trunk(cfg, shape)
+    shared = getattr(cfg, "shared_backbone", True)
+    critic = None if shared else cfg.backbone.build(shape)
+    recurrent = getattr(cfg, "recurrent", "none")
+    core = None
+    if recurrent != "none":
+        core = RecurrentCore((trunk.out_features,), hidden_size=cfg.hidden_size, cell=recurrent)
+    return ActorCritic(trunk, env.num_actions, critic_trunk=critic, core=core, pixel_scale=pixel_scale(env))
+
+
+def make_optimizer(cfg, net: ActorCritic) -> torch.optim.Optimizer:
+    params = [p for p in net.parameters() if p.requires_grad]  # all but a frozen --backbone-from trunk
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.99, eps=cfg.optimizer_eps, foreach=True)
+    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)
+
+
+class Rollout:
+    """(N, T) buffers of one rollout, batch-first like the network's inputs."""
+
+    def __init__(self, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, device: torch.device):
+        self.obs = torch.zeros((n, t, *obs_shape), dtype=obs_dtype, device=device)
+        self.starts = torch.zeros((n, t), dtype=torch.bool, device=device)
+        self.actions = torch.zeros((n, t), dtype=torch.long, device=device)
+        self.values = torch.zeros((n, t), device=device)
+        zeros = np.zeros((n, t), np.float32)
+        self.rewards, self.terminated, self.ends, self.valid = zeros.copy(), zeros.astype(bool), \
+            zeros.astype(bool), zeros.astype(bool)  # fmt: skip
+
+
+def train(cfg: A2CConfig, run: Run) -> dict:
+    env = make_env(cfg, cfg.num_envs, cfg.seed)
+    net = build(cfg, env).to(run.device)
+    best = copy.deepcopy(net).requires_grad_(False)
+    optimizer = make_optimizer(cfg, net)
+    iterations = max(1, cfg.total_steps // (cfg.num_envs * cfg.n_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / iterations if cfg.lr_decay else 1.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    run.track(net=net, best=best, optimizer=optimizer, scheduler=sched, generator=gen)
+    run.restore()
+
+    n, t_len, dev = cfg.num_envs, cfg.n_steps, run.device
+    space = env.single_observation_space
+    dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
+    buf = Rollout(n, t_len, space.shape, dtype, dev)
+    obs = env.reset()
+    starts = np.ones(n, bool)  # these observations begin episodes
+    state = net.initial_state(n, dev)
+    width = n * t_len
+    episodes: list = []  # (rollout step, finished games) of the current rollout
+    start_time, start_steps = time.perf_counter(), run.step * width
+    for it in run.loop(iterations, unit="update", show="train/episodic_return"):
+        steps = it * width
+        state0 = None if state is None else tuple(s.clone() for s in state)
+        obs, starts, state, last_value = collect(cfg, env, net, buf, obs, starts, state, gen, episodes)
+        for t, done in episodes:
+            run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
+                    step=steps - width + (t + 1) * n)  # fmt: skip
+        episodes.clear()
+        out = update(cfg, net, optimizer, buf, last_value, state0)
+        sched.step()
+        if it % 20 == 0 or it == iterations:
+            sps = (steps - start_steps) / (time.perf_counter() - start_time)
+            run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps,
+                     "train/lr": sched.get_last_lr()[0]}, step=steps)  # fmt: skip
+        if cfg.eval_episodes and crossed(steps, width, cfg.eval_every):
+            keep_best(cfg, run, net, best, steps)
+    env.close()
+    agent_steps = run.step * width
+    if not cfg.eval_episodes:
+        return {"agent_steps": agent_steps}
+    final = keep_best(cfg, run, net, best, agent_steps)
+    run.save()  # the final evaluation may have found a new best network: keep it
+    return {"agent_steps": agent_steps, **final, "eval/best_mean_return": run.state["best_return"],
+            "eval/best_step": run.state["best_step"]}  # fmt: skip
+
+
+@torch.no_grad()
+def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray, starts: np.ndarray, state, gen,
+            episodes: list):  # fmt: skip
+    """Fill ``buf`` with ``n_steps`` steps of every env, sampling actions from the policy.
+
+    ``starts`` marks the observations that begin an episode; ``state`` is the recurrent state before
+    ``obs``. Returns the observation, starts and state that follow the rollout, and V(obs) to bootstrap
+    from; the games that ended are appended to ``episodes`` with their rollout step.
+    """
+    dev = buf.values.device
+    for t in range(cfg.n_steps):
+        o, s = torch.as_tensor(obs, device=dev), torch.as_tensor(starts, device=dev)
+        buf.obs[:, t], buf.starts[:, t] = o, s
+        logits, value, state = net(o[:, None], state, s[:, None])
+        actions = sample(logits[:, 0], False, gen)
+        obs, reward, term, trunc, info = env.step(actions.numpy())
+        buf.actions[:, t], buf.values[:, t] = actions.to(dev), value[:, 0]
+        buf.rewards[:, t] = np.sign(reward) if cfg.clip_rewards else reward
+        buf.terminated[:, t], buf.ends[:, t], buf.valid[:, t] = term, term | trunc, ~info["reset"]
+        starts = term | info["reset"]  # a truncated episode's final obs still reads the old state
+        if len(info["episodes"].returns):
+            episodes.append((t, info["episodes"]))
+    _, last_value, _ = net(
+        torch.as_tensor(obs, device=dev)[:, None], state, torch.as_tensor(starts, device=dev)[:, None]
+    )
+    return obs, starts, state, last_value[:, 0]
+
+
+def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value: torch.Tensor, state0) -> dict:
+    """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward."""
+    dev = buf.values.device
+    rewards = torch.as_tensor(buf.rewards, device=dev)
+    terminated, ends = torch.as_tensor(buf.terminated, device=dev), torch.as_tensor(buf.ends, device=dev)
+    valid = torch.as_tensor(buf.valid, device=dev)
+    next_values = torch.cat([buf.values[:, 1:], last_value[:, None]], dim=1)
+    adv = gae(rewards, buf.values, next_values, terminated, ends, cfg.gamma, cfg.gae_lambda)
+    returns = adv + buf.values
+    adv, returns = adv[valid], returns[valid]  # reset steps are not transitions
+    if cfg.normalize_advantages and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    logits, values, _ = net(buf.obs, state0, buf.starts)
+    logp_all = F.log_softmax(logits[valid], -1)
+    logp = logp_all.gather(1, buf.actions[valid][:, None]).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    policy_loss = -(adv * logp).mean()
+    value_loss = F.mse_loss(values[valid], returns)
+    loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_grads(net, cfg.max_grad_norm)
+    optimizer.step()
+    out = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "entropy": entropy.detach()}
+    if grad_norm is not None:
+        out["grad_norm"] = grad_norm
+    return out
+
+
+def evaluate_policy(cfg: A2CConfig, net: ActorCritic, device: torch.device, episodes: int | None = None) -> dict:
+    """Mean and spread of full-episode (unclipped) returns of the policy (greedy when ``eval_greedy``)."""
+    actor = PolicyActor(net, device, greedy=cfg.eval_greedy, generator=torch.Generator().manual_seed(cfg.seed + 10_000))
+    was_training = net.training
+    net.eval()
+    try:
+        returns = play(cfg, actor, episodes or cfg.eval_episodes or 10, seed=cfg.seed + 10_000)
+    finally:
+        net.train(was_training)
+    return return_figures(returns)
+
+
+def keep_best(cfg, run: Run, net: ActorCritic, best: ActorCritic, steps: int) -> dict:
+    return common.keep_best(run, net, best, steps, lambda m: evaluate_policy(cfg, m, run.device))
+
+
+def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, video: bool = False,
+             saliency: bool = False) -> dict:  # fmt: skip
+    """Play the best policy of training: ``episodes`` full games, and with ``video`` / ``saliency`` one
+    more recorded to MP4 (saliency of the chosen action's logit)."""
+    env = make_env(cfg, 1, cfg.seed)
+    net = build(cfg, env).to(run.device)
+    env.close()
+    run.track(best=net)  # the best network of the training evaluations
+    if not run.restore():
+        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
+    net.eval()
+    figures = {"network": "best", "best_step": run.state.get("best_step"),
+               **evaluate_policy(cfg, net, run.device, episodes)}  # fmt: skip
+    if video or saliency:
+        actor = PolicyActor(net, run.device, greedy=cfg.eval_greedy,
+                            generator=torch.Generator().manual_seed(cfg.seed + 20_000))  # fmt: skip
+
+        def score(x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+            state = None if actor.state is None else tuple(s.clone() for s in actor.state)
+            logits, _, _ = net(x[None, None], state, starts[None])
+            return logits.max()
+
+        steps = run.step * cfg.num_envs * getattr(cfg, "n_steps", 1)  # REINFORCE's loop steps are vector steps
+        figures.update(watch.record(cfg, run, actor, score=score if saliency else None, step=steps))
+    return figures
+
+
+register_task(A2CConfig, train, evaluate)
+register_recipe("a2c-cartpole", A2CConfig(shared_backbone=False, eval_every=10_000),
+                "A2C on CartPole-v1 (8 envs, 5-step returns, RMSprop): 475+ within 200k steps")  # fmt: skip
+register_recipe(
+    "a2c-catch",
+    A2CConfig(
+        env="catch",
+        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"}),
+        num_envs=16,
+        total_steps=40_000,
+        ent_coef=0.01,
+        eval_episodes=100,
+        eval_every=10_000,
+        checkpoint_every=200,
+    ),  # fmt: skip
+    "A2C with a small CNN on the 10x5 Catch pixels",
+)
+# SB3 / RL Zoo A2C on Atari (after Mnih et al. 2016): 16 envs, 5 steps, RMSprop 7e-4 with eps 1e-5, entropy 0.01,
+# value 0.25, clipped rewards, 10M steps; evaluation samples from the policy.
+_ATARI = dict(backbone=BackboneSpec(name="nature-cnn"), num_envs=16, total_steps=10_000_000, ent_coef=0.01,
+              vf_coef=0.25, clip_rewards=True, eval_greedy=False, eval_episodes=30, eval_every=500_000,
+              checkpoint_every=5_000)  # fmt: skip
+for _game in ("pong", "breakout"):
+    register_recipe(f"a2c-{_game}", A2CConfig(env=_game, **_ATARI),
+                    f"A2C on Atari {_game.capitalize()} with SB3 / RL Zoo settings (16 envs, 10M steps)")  # fmt: skip
+    register_recipe(f"a2c-lstm-{_game}", A2CConfig(env=_game, recurrent="lstm", hidden_size=256, **_ATARI),
+                    f"Recurrent A2C (Nature CNN + LSTM 256) on Atari {_game.capitalize()}")  # fmt: skip

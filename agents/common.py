@@ -1,0 +1,134 @@
+"""What every agent shares: the config fields of an RL run, building its envs and its trunk, and
+playing whole episodes for evaluation.
+
+A policy, for ``play``, is any callable ``policy(obs, starts) -> actions`` over a batch of envs:
+``obs`` as the vector env returns it and ``starts`` the (num_envs,) mask of envs whose episode
+begins with this observation (a recurrent policy resets its state there; others ignore it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbones.transfer import freeze, load_weights
+from envs import vector
+from fovea.config import BackboneSpec, Config, param
+from fovea.errors import ConfigError
+
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(kw_only=True)
+class AgentConfig(Config):
+    """Fields every agent has: the env, the budget, the trunk, evaluation and Atari options."""
+
+    env: str = "cartpole"
+    """cartpole, catch, or an Atari game (pong, breakout, ...)."""
+    num_envs: int = param(1, ge=1)
+    """Environments stepped together; actions for all of them come from one forward pass."""
+    total_steps: int = param(50_000, ge=1)
+    """Agent steps (env steps summed over the envs) to train for."""
+    backbone: BackboneSpec = field(
+        default_factory=lambda: BackboneSpec(name="mlp", options={"hidden": (64, 64), "activation": "tanh"})
+    )
+    """Trunk of the network (SB3's MlpPolicy by default): --backbone nature-cnn for Atari."""
+    backbone_from: str = ""
+    """Start the trunk from the weights of another run's checkpoint (runs/NAME), e.g. an autoencoder's encoder."""
+    freeze_backbone: bool = False
+    """With --backbone-from: keep those weights fixed and train only the heads."""
+    gamma: float = param(0.99, ge=0, le=1)
+    """Discount factor."""
+    max_grad_norm: float = param(10.0, ge=0)
+    """Clip the gradient norm (0: no clipping)."""
+    clip_rewards: bool = False
+    """Learn from sign(reward) (Atari); the reported return is always unclipped."""
+    sticky: float = param(0.25, ge=0, le=1)
+    """Atari: sticky-action probability (Machado et al. 2018; 0 for the Nature setting)."""
+    life_loss: bool = True
+    """Atari: a lost life ends the episode for learning (never for the reported score)."""
+    eval_every: int = param(10_000, ge=0)
+    """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
+    eval_episodes: int = param(10, ge=0)
+    """Episodes played by each evaluation and by `fovea eval` (0: no evaluation during training)."""
+    seed: int = 0
+    """Seeds every RNG and the envs."""
+    checkpoint_every: int = param(10_000, ge=1)
+    """Loop iterations between checkpoints: vector steps (DQN), rollouts (A2C) or batches of episodes (REINFORCE)."""
+
+    def validate(self) -> None:
+        vector.check_name(self.env)
+        if self.freeze_backbone and not self.backbone_from:
+            raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
+
+    @property
+    def atari(self) -> bool:
+        return self.env not in vector.CLASSIC
+
+
+def make_env(cfg: AgentConfig, num_envs: int, seed: int, evaluation: bool = False):
+    """The training (or, with ``evaluation``, the full-game) vector env of ``cfg``."""
+    atari = dict(sticky=cfg.sticky, life_loss=cfg.life_loss and not evaluation)
+    return vector.make(cfg.env, num_envs, seed=seed, **(atari if cfg.atari else {}))
+
+
+def pixel_scale(env) -> float:
+    """255 for uint8 frames, 1 for state vectors."""
+    return 255.0 if env.single_observation_space.dtype == np.uint8 else 1.0
+
+
+def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...]) -> nn.Module:
+    """The configured backbone, its weights taken from ``backbone_from`` (and frozen) when asked."""
+    trunk = cfg.backbone.build(in_shape)
+    if cfg.backbone_from:
+        load_weights(trunk, cfg.backbone_from)
+        if cfg.freeze_backbone:
+            freeze(trunk)
+    return trunk
+
+
+def play(cfg: AgentConfig, policy: Policy, episodes: int, *, seed: int, num_envs: int = 8) -> np.ndarray:
+    """Full-game, unclipped returns of ``episodes`` episodes played by ``policy`` (no life loss)."""
+    env = make_env(cfg, min(episodes, num_envs), seed, evaluation=True)
+    try:
+        obs, returns = env.reset(), []
+        starts = np.ones(env.num_envs, bool)
+        while len(returns) < episodes:
+            obs, _, _, _, info = env.step(policy(obs, starts))
+            starts = info["reset"]  # NEXT_STEP autoreset: this obs begins a new episode
+            returns += info["episodes"].returns.tolist()
+    finally:
+        env.close()
+    return np.asarray(returns[:episodes], dtype=np.float64)
+
+
+def return_figures(returns: np.ndarray) -> dict:
+    return {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
+            "eval/min_return": float(returns.min()), "eval/max_return": float(returns.max()),
+            "eval/episodes": len(returns)}  # fmt: skip
+
+
+def clip_grads(module: nn.Module, max_norm: float) -> torch.Tensor | None:
+    """Clip the gradient norm of ``module`` to ``max_norm`` (no-op for 0); returns the norm before clipping."""
+    if max_norm <= 0:
+        return None
+    return nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_norm)
+
+
+def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Callable[[nn.Module], dict]) -> dict:
+    """Evaluate ``net``, log it, and copy it into ``best`` when it beats every earlier evaluation."""
+    res = evaluate(net)
+    run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
+    if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
+        run.state.update(best_return=res["eval/mean_return"], best_step=steps)
+        best.load_state_dict(net.state_dict())
+    return res
+
+
+def crossed(steps: int, width: int, every: int) -> bool:
+    """Whether the agent-step counter crossed a multiple of ``every`` in the last ``width`` steps."""
+    return every > 0 and steps // every > (steps - width) // every

@@ -1,0 +1,187 @@
+"""Policy gradients: returns and advantages by hand, the baseline's variance reduction, the recurrent
+rollout, CLI runs and resume, and the CartPole learning checks (SLM-Lab's bands)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from agents import a2c
+from agents.a2c import A2CConfig, Rollout, collect
+from agents.common import make_env
+from agents.policy import sample
+from agents.reinforce import Episodes, ReinforceConfig, advantages, batch_tensors, policy_loss
+from agents.returns import gae, nstep_returns, returns_to_go
+from fovea.cli import main
+from fovea.errors import ConfigError
+
+
+def test_returns_to_go_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 1.0, 1.0]])
+    ends = torch.tensor([[False, False, True, False, True]])  # two episodes: steps 0-2 and 3-4
+    bootstrap = torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0]])  # the second one was truncated, V(final) = 10
+    g = returns_to_go(rewards, ends, 0.5, bootstrap)
+    # 2 | 0 + 0.5 * 2 = 1 | 1 + 0.5 * 1 = 1.5 ;  1 + 0.5 * 10 = 6 | 1 + 0.5 * 6 = 4
+    assert g.tolist() == [[1.5, 1.0, 2.0, 4.0, 6.0]]
+
+
+def test_nstep_returns_and_gae_by_hand():
+    r = torch.tensor([[1.0, 0.0, 2.0]])
+    v = torch.tensor([[0.5, 1.0, 1.5]])
+    nv = torch.tensor([[1.0, 1.5, 2.0]])  # V(s_{t+1}); 2.0 bootstraps after the rollout
+    no = torch.zeros(1, 3, dtype=torch.bool)
+    # n-step: R_2 = 2 + 0.9 * 2 = 3.8, R_1 = 0.9 * 3.8 = 3.42, R_0 = 1 + 0.9 * 3.42 = 4.078
+    assert nstep_returns(r, v, nv, no, no, 0.9).tolist()[0] == pytest.approx([4.078, 3.42, 3.8])
+    # GAE(0.5): deltas 1 + 0.9 * 1 - 0.5 = 1.4, 0.9 * 1.5 - 1 = 0.35, 2 + 0.9 * 2 - 1.5 = 2.3;
+    # A_2 = 2.3, A_1 = 0.35 + 0.45 * 2.3 = 1.385, A_0 = 1.4 + 0.45 * 1.385 = 2.02325
+    assert gae(r, v, nv, no, no, 0.9, 0.5).tolist()[0] == pytest.approx([2.02325, 1.385, 2.3])
+    # lambda = 0 is the one-step TD error
+    assert gae(r, v, nv, no, no, 0.9, 0.0).tolist()[0] == pytest.approx([1.4, 0.35, 2.3])
+    # a termination after step 1: no bootstrap there and nothing flows back across it
+    term = torch.tensor([[False, True, False]])
+    assert nstep_returns(r, v, nv, term, term, 0.9).tolist()[0] == pytest.approx([1.0, 0.0, 3.8])
+    # a truncation after step 1 cuts the return too, but bootstraps from V(final obs) = 1.5
+    trunc = torch.tensor([[False, True, False]])
+    assert nstep_returns(r, v, nv, no, trunc, 0.9).tolist()[0] == pytest.approx([1 + 0.9 * 1.35, 1.35, 3.8])
+
+
+def _episodes(cfg, net, count: int, seed: int = 0):
+    env = make_env(cfg, cfg.num_envs, seed=seed)
+    eps, obs, gen = Episodes(cfg.num_envs), env.reset(), torch.Generator().manual_seed(seed)
+    while len(eps.done) < count:
+        with torch.no_grad():
+            logits, _, _ = net(torch.as_tensor(obs)[:, None])
+        act = sample(logits[:, 0], False, gen).numpy()
+        nxt, r, term, trunc, info = env.step(act)
+        for i in np.flatnonzero(~info["reset"]):
+            eps.add(i, obs[i], int(act[i]), float(r[i]))
+        for i in np.flatnonzero(term | trunc):
+            eps.end(i)
+        obs = nxt
+    env.close()
+    return eps.take()[:count]
+
+
+def test_baselines_lower_the_variance_of_the_gradient_estimate():
+    """The same 64 CartPole episodes, the same policy: the per-episode REINFORCE gradient
+    sum_t (G_t - b) grad log pi varies less around its mean with a baseline than without."""
+    torch.manual_seed(0)
+    cfg = ReinforceConfig(num_envs=8)
+    env = make_env(cfg, 1, seed=0)
+    net = a2c.build(cfg, env)
+    env.close()
+    batch = _episodes(cfg, net, 64)
+    obs, _, returns = batch_tensors(cfg, batch, torch.device("cpu"))
+    critic = [*net.critic_trunk.parameters(), *net.value.parameters()]
+    opt = torch.optim.Adam(critic, lr=3e-3)
+    for _ in range(300):  # fit V(s) to these returns
+        _, v, _ = net(obs)
+        loss = ((v - returns) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    actor = [*net.trunk.parameters(), *net.policy.parameters()]
+
+    def per_episode_gradients(kind: str) -> torch.Tensor:
+        grads = []
+        for episode in batch:
+            o, a, g = batch_tensors(cfg, [episode], torch.device("cpu"))
+            logits, v, _ = net(o)
+            adv = advantages(g, kind, values=v, running_mean=float(returns.mean()))
+            loss = policy_loss(logits, a, adv) * g.numel()  # the sum over the episode's steps
+            grads.append(torch.cat([x.flatten() for x in torch.autograd.grad(loss, actor)]))
+        return torch.stack(grads)
+
+    variance = {}
+    for kind in ("none", "mean", "value"):
+        g = per_episode_gradients(kind)
+        variance[kind] = float(((g - g.mean(0)) ** 2).sum(1).mean())
+    assert variance["mean"] < 0.75 * variance["none"], variance
+    assert variance["value"] < 0.75 * variance["none"], variance
+
+
+def test_recurrent_rollout_values_match_the_unrolled_update():
+    """Acting step by step and unrolling the whole rollout at once (as the update does) give the same
+    values: the state is carried across rollouts and reset exactly where episodes start."""
+    torch.manual_seed(0)
+    spec = a2c.BackboneSpec(name="convnet", options={"widths": (8,), "downsample": "none", "norm": "none"})
+    cfg = A2CConfig(env="catch", num_envs=3, n_steps=7, recurrent="gru", hidden_size=16, backbone=spec)
+    env = make_env(cfg, cfg.num_envs, seed=0)
+    net = a2c.build(cfg, env)
+    buf = Rollout(3, 7, env.single_observation_space.shape, torch.uint8, torch.device("cpu"))
+    obs, starts, state, gen = env.reset(), np.ones(3, bool), net.initial_state(3), torch.Generator().manual_seed(0)
+    seen_starts = 0
+    for _ in range(4):  # 28 steps: Catch episodes last 9, so rollouts cross several episode starts
+        state0 = tuple(s.clone() for s in state)
+        obs, starts, state, _ = collect(cfg, env, net, buf, obs, starts, state, gen, [])
+        with torch.no_grad():
+            _, values, _ = net(buf.obs, state0, buf.starts)
+        torch.testing.assert_close(values, buf.values)
+        seen_starts += int(buf.starts[:, 1:].sum())  # resets inside a rollout, not only at its first step
+    assert seen_starts >= 6
+    env.close()
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("recipe", ["a2c-cartpole", "reinforce-cartpole"])
+def test_policy_gradient_recipes_train_log_and_resume(recipe, in_tmp, capsys):
+    argv = ["train", recipe, "--name", "pg", "--total-steps", "2000", "--eval-every", "1000", "--eval-episodes", "2",
+            "--checkpoint-every", "10"]  # fmt: skip
+    assert main(argv) == 0
+    first = _last_json(capsys)
+    assert first["agent_steps"] == 2000 and first["eval/best_mean_return"] >= first["eval/mean_return"]
+    assert main(["train", "--resume", "runs/pg", "--total-steps", "3000"]) == 0
+    assert _last_json(capsys)["agent_steps"] == 3000
+    rows = [json.loads(line) for line in (in_tmp / "runs/pg/metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    assert {"train/episodic_return", "train/episode_length", "train/policy_loss", "train/entropy", "perf/sps",
+            "eval/mean_return"} <= keys  # fmt: skip
+    assert max(r["step"] for r in rows) == 3000
+    assert list((in_tmp / "runs/pg/wandb").glob("offline-run-*/run-*.wandb"))  # W&B offline got it too
+    assert main(["eval", "runs/pg"]) == 0
+    assert _last_json(capsys)["network"] == "best"
+
+
+def test_recurrent_a2c_runs_on_atari_pixels(in_tmp, capsys):
+    argv = ["train", "a2c-lstm-pong", "--name", "lstm", "--wandb", "disabled", "--total-steps", "160",
+            "--num-envs", "2", "--hidden-size", "32", "--eval-episodes", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert _last_json(capsys)["agent_steps"] == 160
+    from fovea import checkpoint
+
+    state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/lstm/checkpoints")[-1])
+    weights = state["objects"]["net"]
+    assert weights["trunk.convs.0.weight"].shape == (32, 4, 8, 8)
+    assert weights["core.rnn.weight_hh_l0"].shape == (4 * 32, 32)
+    assert int(next(iter(state["objects"]["optimizer"]["state"].values()))["step"]) == 160 // (2 * 5)
+
+
+def test_policy_gradient_config_errors():
+    with pytest.raises(ConfigError, match="recurrent needs shared_backbone = true"):
+        A2CConfig(recurrent="lstm", shared_backbone=False)
+    with pytest.raises(ConfigError, match="baseline"):
+        ReinforceConfig(baseline="learned")
+    with pytest.raises(ConfigError, match="--backbone-from"):
+        A2CConfig(freeze_backbone=True)
+
+
+@pytest.mark.slow
+def test_a2c_learns_cartpole_within_200k_steps(in_tmp, capsys):
+    assert main(["train", "a2c-cartpole", "--name", "a2c", "--wandb", "disabled"]) == 0
+    figures = _last_json(capsys)
+    assert figures["agent_steps"] == 200_000
+    assert figures["eval/best_mean_return"] >= 475, figures  # SLM-Lab A2C (GAE): 497 at 200k steps
+
+
+@pytest.mark.slow
+def test_reinforce_learns_cartpole_within_200k_steps(in_tmp, capsys):
+    assert main(["train", "reinforce-cartpole", "--name", "rf", "--wandb", "disabled"]) == 0
+    figures = _last_json(capsys)
+    assert figures["agent_steps"] == 200_000
+    assert figures["eval/best_mean_return"] >= 475, figures  # SLM-Lab REINFORCE: 483 at 200k steps
