@@ -12,6 +12,7 @@ where an episode starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from agents import common, watch
-from agents.common import AgentConfig, build_trunk, clip_grads, crossed, make_env, pixel_scale, play, return_figures
+from agents.common import (
+    AgentConfig,
+    build_trunk,
+    clip_grads,
+    crossed,
+    finish_training,
+    make_env,
+    pixel_scale,
+    play,
+    return_figures,
+)
 from agents.policy import ActorCritic, PolicyActor, sample
 from agents.returns import gae
 from backbones.rnn import RecurrentCore
@@ -120,7 +131,7 @@ def train(cfg: A2CConfig, run: Run) -> dict:
     space = env.single_observation_space
     dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
     buf = Rollout(n, t_len, space.shape, dtype, dev)
-    obs = env.reset()
+    obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
     starts = np.ones(n, bool)  # these observations begin episodes
     state = net.initial_state(n, dev)
     width = n * t_len
@@ -140,16 +151,10 @@ def train(cfg: A2CConfig, run: Run) -> dict:
             sps = (steps - start_steps) / (time.perf_counter() - start_time)
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps,
                      "train/lr": sched.get_last_lr()[0]}, step=steps)  # fmt: skip
-        if cfg.eval_episodes and crossed(steps, width, cfg.eval_every):
-            keep_best(cfg, run, net, best, steps)
+        if cfg.eval_episodes and crossed(steps, width, cfg.eval_every) and it < iterations:
+            keep_best(cfg, run, net, best, steps)  # (the last one follows the loop)
     env.close()
-    agent_steps = run.step * width
-    if not cfg.eval_episodes:
-        return {"agent_steps": agent_steps}
-    final = keep_best(cfg, run, net, best, agent_steps)
-    run.save()  # the final evaluation may have found a new best network: keep it
-    return {"agent_steps": agent_steps, **final, "eval/best_mean_return": run.state["best_return"],
-            "eval/best_step": run.state["best_step"]}  # fmt: skip
+    return finish_training(cfg, run, net, best, run.step * width, lambda m: evaluate_policy(cfg, m, run.device))
 
 
 @torch.no_grad()
@@ -171,7 +176,9 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
         buf.actions[:, t], buf.values[:, t] = actions.to(dev), value[:, 0]
         buf.rewards[:, t] = np.sign(reward) if cfg.clip_rewards else reward
         buf.terminated[:, t], buf.ends[:, t], buf.valid[:, t] = term, term | trunc, ~info["reset"]
-        starts = term | info["reset"]  # a truncated episode's final obs still reads the old state
+        # The state restarts with each game (not at a lost life, as in evaluation); a truncated game's final
+        # obs still reads the old state, for its bootstrap value.
+        starts = (term & info["game_over"]) | info["reset"]
         if len(info["episodes"].returns):
             episodes.append((t, info["episodes"]))
     _, last_value, _ = net(
@@ -230,7 +237,7 @@ def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, video: bo
     """Play the best policy of training: ``episodes`` full games, and with ``video`` / ``saliency`` one
     more recorded to MP4 (saliency of the chosen action's logit)."""
     env = make_env(cfg, 1, cfg.seed)
-    net = build(cfg, env).to(run.device)
+    net = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
     env.close()
     run.track(best=net)  # the best network of the training evaluations
     if not run.restore():
@@ -241,14 +248,18 @@ def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, video: bo
     if video or saliency:
         actor = PolicyActor(net, run.device, greedy=cfg.eval_greedy,
                             generator=torch.Generator().manual_seed(cfg.seed + 20_000))  # fmt: skip
+        before: list = [None]  # the recurrent state before the latest action
 
-        def score(x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-            state = None if actor.state is None else tuple(s.clone() for s in actor.state)
-            logits, _, _ = net(x[None, None], state, starts[None])
-            return logits.max()
+        def policy(obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
+            before[0] = None if actor.state is None else tuple(s.clone() for s in actor.state)
+            return actor(obs, starts)
 
-        steps = run.step * cfg.num_envs * getattr(cfg, "n_steps", 1)  # REINFORCE's loop steps are vector steps
-        figures.update(watch.record(cfg, run, actor, score=score if saliency else None, step=steps))
+        def score(x: torch.Tensor, starts: torch.Tensor, action: int) -> torch.Tensor:
+            logits, _, _ = net(x[None, None], before[0], starts[None])
+            return logits[0, 0, action]
+
+        step = run.state.get("best_step", 0)
+        figures.update(watch.record(cfg, run, policy, score=score if saliency else None, step=step))
     return figures
 
 

@@ -38,7 +38,8 @@ class AgentConfig(Config):
     )
     """Trunk of the network (SB3's MlpPolicy by default): --backbone nature-cnn for Atari."""
     backbone_from: str = ""
-    """Start the trunk from the weights of another run's checkpoint (runs/NAME), e.g. an autoencoder's encoder."""
+    """Start the trunk from the weights of another run's checkpoint: runs/NAME (the one part that fits, e.g. an
+    autoencoder's encoder) or runs/NAME:PREFIX (that part, e.g. runs/a2c:net.trunk)."""
     freeze_backbone: bool = False
     """With --backbone-from: keep those weights fixed and train only the heads."""
     gamma: float = param(0.99, ge=0, le=1)
@@ -85,7 +86,8 @@ def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...]) -> nn.Module:
     """The configured backbone, its weights taken from ``backbone_from`` (and frozen) when asked."""
     trunk = cfg.backbone.build(in_shape)
     if cfg.backbone_from:
-        load_weights(trunk, cfg.backbone_from)
+        source, _, prefix = cfg.backbone_from.partition(":")
+        load_weights(trunk, source, prefix or None)
         if cfg.freeze_backbone:
             freeze(trunk)
     return trunk
@@ -94,16 +96,24 @@ def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...]) -> nn.Module:
 def play(cfg: AgentConfig, policy: Policy, episodes: int, *, seed: int, num_envs: int = 8) -> np.ndarray:
     """Full-game, unclipped returns of ``episodes`` episodes played by ``policy`` (no life loss)."""
     env = make_env(cfg, min(episodes, num_envs), seed, evaluation=True)
+    n = env.num_envs
+    # A fixed quota per env: keeping the first episodes to finish would favour short ones (as SB3's evaluate_policy).
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    played = np.zeros(n, np.int64)
+    returns: list[float] = []
     try:
-        obs, returns = env.reset(), []
-        starts = np.ones(env.num_envs, bool)
-        while len(returns) < episodes:
+        obs = env.reset()
+        starts = np.ones(n, bool)
+        while (played < quota).any():
             obs, _, _, _, info = env.step(policy(obs, starts))
             starts = info["reset"]  # NEXT_STEP autoreset: this obs begins a new episode
-            returns += info["episodes"].returns.tolist()
+            for i, r in zip(np.flatnonzero(info["game_over"]), info["episodes"].returns, strict=True):
+                if played[i] < quota[i]:
+                    returns.append(float(r))
+                played[i] += 1
     finally:
         env.close()
-    return np.asarray(returns[:episodes], dtype=np.float64)
+    return np.asarray(returns, dtype=np.float64)
 
 
 def return_figures(returns: np.ndarray) -> dict:
@@ -127,6 +137,21 @@ def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Callab
         run.state.update(best_return=res["eval/mean_return"], best_step=steps)
         best.load_state_dict(net.state_dict())
     return res
+
+
+def finish_training(cfg: AgentConfig, run, net: nn.Module, best: nn.Module, agent_steps: int,
+                    evaluate: Callable[[nn.Module], dict]) -> dict:  # fmt: skip
+    """The last evaluation (or, without evaluations, the final network taken as the best), saved with the
+    run so that `fovea eval` plays it; returns the figures of the run."""
+    figures: dict = {"agent_steps": agent_steps}
+    if cfg.eval_episodes:
+        figures.update(keep_best(run, net, best, agent_steps, evaluate))
+        figures.update({"eval/best_mean_return": run.state["best_return"], "eval/best_step": run.state["best_step"]})
+    else:
+        best.load_state_dict(net.state_dict())
+        run.state["best_step"] = agent_steps
+    run.save()
+    return figures
 
 
 def crossed(steps: int, width: int, every: int) -> bool:

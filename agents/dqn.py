@@ -14,6 +14,7 @@ ratio). No bootstrap past a termination; a time-limit truncation bootstraps.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,7 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents import common, watch
-from agents.common import AgentConfig, build_trunk, clip_grads, make_env, pixel_scale, play, return_figures
+from agents.common import (
+    AgentConfig,
+    build_trunk,
+    clip_grads,
+    crossed,
+    finish_training,
+    make_env,
+    pixel_scale,
+    play,
+    return_figures,
+)
 from agents.replay import FrameReplay
 from fovea.config import BackboneSpec, param, register_recipe, register_task
 from fovea.errors import ConfigError
@@ -155,7 +166,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
         run.track(replay=replay)
     run.restore()
 
-    obs = env.reset()
+    obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
     replay.start(obs)
     iterations = cfg.total_steps // cfg.num_envs
     start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, 0
@@ -186,15 +197,11 @@ def train(cfg: DQNConfig, run: Run) -> dict:
                     tp.lerp_(p, cfg.tau)
                 for b, tb in zip(qnet.buffers(), target.buffers(), strict=True):
                     tb.copy_(b)
-        if cfg.eval_every and cfg.eval_episodes and steps // cfg.eval_every > (steps - cfg.num_envs) // cfg.eval_every:
-            keep_best(cfg, run, qnet, best, steps)
+        if cfg.eval_episodes and crossed(steps, cfg.num_envs, cfg.eval_every) and it < iterations:
+            keep_best(cfg, run, qnet, best, steps)  # (the last one follows the loop)
     env.close()
-    if not cfg.eval_episodes:
-        return {"agent_steps": run.step * cfg.num_envs}
-    final = keep_best(cfg, run, qnet, best, run.step * cfg.num_envs)
-    run.save()  # the final evaluation may have found a new best network: keep it
-    return {"agent_steps": run.step * cfg.num_envs, **final, "eval/best_mean_return": run.state["best_return"],
-            "eval/best_step": run.state["best_step"]}  # fmt: skip
+    return finish_training(cfg, run, qnet, best, run.step * cfg.num_envs,
+                           lambda net: evaluate_policy(cfg, net, run.device))  # fmt: skip
 
 
 def keep_best(cfg: DQNConfig, run: Run, qnet: QNetwork, best: QNetwork, steps: int) -> dict:
@@ -235,7 +242,7 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, video: bo
     """Play the best network of training: ``episodes`` full games (the Nature protocol on Atari: no-op
     starts, ``eval_epsilon``), and with ``video`` / ``saliency`` one more recorded to MP4."""
     env = make_env(cfg, 1, cfg.seed)
-    qnet = build(cfg, env).to(run.device)
+    qnet = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
     env.close()
     run.track(best=qnet)  # the best network of the training evaluations
     if not run.restore():
@@ -246,8 +253,8 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, video: bo
     if video or saliency:
         gen = torch.Generator().manual_seed(cfg.seed + 20_000)
         policy = lambda obs, _: qnet.act(torch.as_tensor(obs, device=run.device), cfg.eval_epsilon, gen).numpy()  # noqa: E731
-        score = (lambda x, _: qnet(x[None]).max()) if saliency else None  # noqa: E731
-        figures.update(watch.record(cfg, run, policy, score=score, step=run.step * cfg.num_envs))
+        score = (lambda x, _, action: qnet(x[None])[0, action]) if saliency else None  # noqa: E731
+        figures.update(watch.record(cfg, run, policy, score=score, step=run.state.get("best_step", 0)))
     return figures
 
 

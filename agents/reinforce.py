@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from agents import a2c, common
-from agents.common import AgentConfig, crossed, make_env
+from agents.common import AgentConfig, crossed, finish_training, make_env
 from agents.policy import ActorCritic, sample
 from agents.returns import returns_to_go
 from fovea.config import BackboneSpec, param, register_recipe, register_task
@@ -128,7 +128,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
 
     n, dev = cfg.num_envs, run.device
     episodes = Episodes(n)
-    obs = env.reset()
+    obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
     iterations = cfg.total_steps // n
     start_time, start_steps = time.perf_counter(), run.step * n
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
@@ -152,17 +152,11 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
             run.state["updates"] += 1
             sps = (steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps}, step=steps)
-        if cfg.eval_episodes and crossed(steps, n, cfg.eval_every):
-            keep_best(cfg, run, net, best, steps)
+        if cfg.eval_episodes and crossed(steps, n, cfg.eval_every) and it < iterations:
+            keep_best(cfg, run, net, best, steps)  # (the last one follows the loop)
     env.close()
-    agent_steps = run.step * n
-    figures = {"agent_steps": agent_steps, "updates": run.state["updates"]}
-    if not cfg.eval_episodes:
-        return figures
-    final = keep_best(cfg, run, net, best, agent_steps)
-    run.save()  # the final evaluation may have found a new best network: keep it
-    return {**figures, **final, "eval/best_mean_return": run.state["best_return"],
-            "eval/best_step": run.state["best_step"]}  # fmt: skip
+    figures = finish_training(cfg, run, net, best, run.step * n, lambda m: a2c.evaluate_policy(cfg, m, run.device))
+    return {**figures, "updates": run.state["updates"]}
 
 
 def final_value(cfg: ReinforceConfig, net: ActorCritic, obs: np.ndarray, device: torch.device) -> float:
@@ -208,8 +202,11 @@ def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict
     loss.backward()
     grad_norm = common.clip_grads(net, cfg.max_grad_norm)
     optimizer.step()
-    # the running mean moves after it was used, so each batch's baseline does not depend on its own returns
-    state["running_mean"] = cfg.mean_decay * state["running_mean"] + (1 - cfg.mean_decay) * float(returns.mean())
+    # the running mean moves after it was used, so each batch's baseline does not depend on its own returns;
+    # the first batch's mean starts it (rather than a zero it would take ~20 batches to forget)
+    mean = float(returns.mean())
+    first = state.get("updates", 0) == 0
+    state["running_mean"] = mean if first else cfg.mean_decay * state["running_mean"] + (1 - cfg.mean_decay) * mean
     if grad_norm is not None:
         out["grad_norm"] = grad_norm
     return out

@@ -20,7 +20,7 @@ from fovea.errors import UsageError
 from fovea.media import overlay_heatmap, upscale, write_mp4
 from fovea.run import Run
 
-Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (obs, starts) -> scalar score of the chosen action
+Score = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (obs, starts, action) -> that action's score
 
 
 def render_env(cfg: AgentConfig, seed: int) -> tuple[gym.Env, float]:
@@ -36,10 +36,11 @@ def render_env(cfg: AgentConfig, seed: int) -> tuple[gym.Env, float]:
     return env, float(env.metadata.get("render_fps", 30))
 
 
-def saliency_map(score: Score, obs: np.ndarray, starts: np.ndarray, device: torch.device) -> np.ndarray:
-    """|d score / d obs|, its maximum over the channel (stacked-frame) axis: an (H, W) map."""
+def saliency_map(score: Score, obs: np.ndarray, starts: np.ndarray, action: int, device: torch.device) -> np.ndarray:
+    """|d score(action) / d obs|, its maximum over the channel (stacked-frame) axis: an (H, W) map."""
     x = torch.as_tensor(obs, device=device).float().requires_grad_(True)
-    (grad,) = torch.autograd.grad(score(x, torch.as_tensor(starts, device=device)), x)
+    with torch.backends.cudnn.flags(enabled=False):  # cuDNN has no backward pass for an RNN in eval mode
+        (grad,) = torch.autograd.grad(score(x, torch.as_tensor(starts, device=device), action), x)
     return grad.abs().amax(0).cpu().numpy()
 
 
@@ -61,15 +62,15 @@ def record(cfg: AgentConfig, run: Run, policy: Policy, *, step: int, score: Scor
     try:
         for _ in range(max_steps):
             frame = upscale(env.render())
-            if score is not None:
-                heat = saliency_map(score, np.asarray(obs), starts, run.device)
+            action = int(policy(np.asarray(obs)[None], starts)[0])
+            if score is not None:  # where the agent looked to choose this action
+                heat = saliency_map(score, np.asarray(obs), starts, action, run.device)
                 frame = overlay_heatmap(frame, heat)
                 if heat.max() > peak[0]:
                     peak = (float(heat.max()), frame)
             frames.append(frame)
-            action = policy(np.asarray(obs)[None], starts)[0]
             starts = np.zeros(1, bool)
-            obs, reward, terminated, truncated, _ = env.step(int(action))
+            obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             if terminated or truncated:
                 break

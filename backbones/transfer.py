@@ -14,12 +14,16 @@ from pathlib import Path
 
 from torch import nn
 
+COPIES = ("best", "target")  # objects of an agent's checkpoint that copy its live network
+
 
 def load_weights(module: nn.Module, source: str | Path, prefix: str | None = None) -> str:
     """Load into ``module`` the weights found under ``prefix`` in ``source``; returns the prefix used.
 
     Without ``prefix`` the source is searched for the one sub-module whose parameter names and shapes
     fit ``module`` exactly (e.g. ``model.backbone`` of a classifier, ``model.encoder`` of an autoencoder).
+    An agent's checkpoint also holds copies of its network (``best``, ``target``); when the live network
+    fits too, the copies are passed over.
     """
     from fovea.checkpoint import load_tensors
     from fovea.errors import CheckpointError
@@ -38,12 +42,16 @@ def load_weights(module: nn.Module, source: str | Path, prefix: str | None = Non
         return all(key(k) in tensors and tensors[key(k)].shape == v.shape for k, v in target.items())
 
     matches = sorted(p for p in prefixes if fits(p))
+    live = [p for p in matches if p.split(".", 1)[0] not in COPIES]
+    if len(matches) > 1 and len(live) == 1:
+        matches = live
     if not matches:
         tops = sorted({k.rsplit(".", 2)[0] for k in tensors})[:8]
         raise CheckpointError(f"{source} holds no weights that fit this {type(module).__name__} "
                               f"(same names and shapes); it holds e.g. {', '.join(tops)}")  # fmt: skip
     if len(matches) > 1:
-        raise CheckpointError(f"{source} holds several fitting sub-modules ({', '.join(matches)}); pass prefix=")
+        raise CheckpointError(f"{source} holds several fitting sub-modules ({', '.join(matches)}); name one as "
+                              f"{source}:{matches[0]}")  # fmt: skip
     p = matches[0]
     module.load_state_dict({k: tensors[f"{p}.{k}" if p else k] for k in target})
     return p

@@ -89,8 +89,9 @@ class AtariVector:
         self._length = np.zeros(num_envs, np.int64)
         self._reset_next = np.zeros(num_envs, bool)
 
-    def reset(self) -> np.ndarray:
-        obs, _ = self.env.reset(seed=self.seed)
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start every env afresh, seeded with ``seed`` (default: the seed given at construction)."""
+        obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
         self._return[:], self._length[:], self._reset_next[:] = 0, 0, False
         return obs
 

@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode for the videos (default: auto)")  # fmt: skip
     e.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    d = sub.add_parser("demo", help="train the first recipe (cnn-digits) on embedded data and show the outputs")
+    d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, then a DQN agent on Catch pixels")
     _run_options(d)
     return p
 
@@ -172,46 +172,61 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
     return figures
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def cmd_eval(args: argparse.Namespace) -> dict:
+    options = {k: v for k, v in (("episodes", args.episodes), ("video", args.video), ("saliency", args.saliency)) if v}
+    if args.episodes is not None and args.episodes < 1:
+        raise UsageError(f"--episodes {args.episodes} must be at least 1")
+    return evaluate_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+
+
+def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
+                 project: str = "fovea") -> dict:  # fmt: skip
     from fovea.config import from_dict, get_recipe
     from fovea.run import Run, read_run
 
     load_tasks()
-    doc = read_run(args.run_dir)
+    doc = read_run(run_dir)
     recipe = get_recipe(doc["recipe"])
     if recipe.task.evaluate is None:
         raise UsageError(f"recipe {recipe.name!r} has no evaluation")
     cfg = from_dict(type(recipe.config), doc["config"])
-    options = {k: v for k, v in (("episodes", args.episodes), ("video", args.video), ("saliency", args.saliency)) if v}
     accepted = inspect.signature(recipe.task.evaluate).parameters
     unknown = [f"--{k}" for k in options if k not in accepted]
     if unknown:
         raise UsageError(f"{' and '.join(unknown)}: recipe {recipe.name!r} evaluates without such options")
-    if args.episodes is not None and args.episodes < 1:
-        raise UsageError(f"--episodes {args.episodes} must be at least 1")
-    run = Run(recipe.name, cfg, run_dir=args.run_dir, device=args.device, evaluate=True)
-    if args.video or args.saliency:
-        run.attach_tracker(args.wandb, args.project)
+    run = Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
+    if options.get("video") or options.get("saliency"):
+        run.attach_tracker(wandb, project)
     with run:
         figures = recipe.task.evaluate(cfg, run, **options)
         figures = {"run": str(run.dir), "step": run.step, **figures}
         run.finish(figures)
     print_figures(f"eval {run.dir}", figures)
+    return figures
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    """The two things Fovea is for, on embedded data, in about a minute: a CNN classifying the 8x8
+    digits, then a DQN agent learning Catch from pixels, recorded on video."""
+    base = args.name
     args.recipe, args.resume = "cnn-digits", None
     figures = train_recipe(args, [], demo=True)
     run_dir = Path(figures["run"])
-    err.print(f"\n[bold]Demo done[/bold] in {figures['wall_s']:.0f} s: test accuracy {figures['test/acc']:.1%}.")
-    err.print(f"  run folder     {run_dir}/ (config.json, metrics.jsonl, summary.json)")
-    err.print(f"  checkpoints    {run_dir}/checkpoints/")
-    wb = sorted((run_dir / "wandb").glob("offline-run-*"))
-    if wb:
-        err.print(f"  W&B (offline)  {wb[-1]}  ->  upload with: wandb sync {wb[-1]}")
-    err.print(f"  evaluate       fovea eval {run_dir}")
-    epochs = figures["epochs"]
-    err.print(f"  train longer   fovea train --resume {run_dir} --epochs {epochs + 20}")
+    args.recipe, args.name = "dqn-catch", f"{base}-agent" if base else None
+    agent = train_recipe(args, [], demo=True)
+    agent_dir = Path(agent["run"])
+    watched = evaluate_run(agent_dir, {"video": True}, device=args.device, wandb=args.wandb, project=args.project)
+    caught = (agent["eval/mean_return"] + 1) / 2  # +1 caught, -1 missed
+    err.print(f"\n[bold]Demo done[/bold] in {figures['wall_s'] + agent['wall_s']:.0f} s of training.")
+    err.print(f"  classifier     {run_dir}/: test accuracy {figures['test/acc']:.1%} on the 8x8 digits")
+    err.print(f"  agent          {agent_dir}/: catches the ball in {caught:.0%} of {agent['eval/episodes']} games")
+    err.print(f"  agent video    {watched['video']}")
+    for d in (run_dir, agent_dir):
+        wb = sorted((d / "wandb").glob("offline-run-*"))
+        if wb:
+            err.print(f"  W&B (offline)  upload with: wandb sync {wb[-1]}")
+    err.print(f"  evaluate       fovea eval {run_dir}   |   fovea eval {agent_dir} --video --saliency")
+    err.print(f"  train longer   fovea train --resume {run_dir} --epochs {figures['epochs'] + 20}")
 
 
 def _fail(message: str) -> int:

@@ -185,3 +185,56 @@ def test_reinforce_learns_cartpole_within_200k_steps(in_tmp, capsys):
     figures = _last_json(capsys)
     assert figures["agent_steps"] == 200_000
     assert figures["eval/best_mean_return"] >= 475, figures  # SLM-Lab REINFORCE: 483 at 200k steps
+
+
+def test_backbone_from_another_run_loads_and_freezes_the_trunk(in_tmp, capsys):
+    from fovea import checkpoint
+
+    def weights(run: str, obj: str) -> dict:
+        state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / f"runs/{run}/checkpoints")[-1])
+        return state["objects"][obj]
+
+    common = ["--wandb", "disabled", "--eval-episodes", "0"]
+    assert main(["train", "a2c-catch", "--name", "src", "--total-steps", "640", *common]) == 0
+    argv = ["train", "dqn-catch", "--name", "dst", "--total-steps", "400", "--learning-starts", "100",
+            "--backbone-from", "runs/src", "--freeze-backbone", "true", *common]  # fmt: skip
+    assert main(argv) == 0
+    src, dst = weights("src", "net"), weights("dst", "qnet")
+    trunk = [k for k in src if k.startswith("trunk.")]
+    assert trunk
+    for k in trunk:  # the A2C trunk (not its `best` copy), unchanged by 300 frozen DQN updates
+        torch.testing.assert_close(dst["backbone." + k.removeprefix("trunk.")], src[k])
+    optimizer = weights("dst", "optimizer")
+    assert len(optimizer["state"]) == 2  # Adam trained only the head's weight and bias
+    capsys.readouterr()
+    bad = ["train", "dqn-catch", "--name", "bad", "--backbone-from", "runs/src:critic", *common]
+    assert main(bad) == 2
+    assert "runs/src holds no weights that fit this ConvNet" in capsys.readouterr().err
+    assert not (in_tmp / "runs/bad").exists()
+
+
+def test_evaluation_plays_a_fixed_quota_per_env():
+    """Keeping the first episodes to end would favour short (on CartPole: bad) ones; each env plays its share."""
+    from agents.common import play
+
+    def policy(obs, starts):  # env 0 always pushes left (falls in ~10 steps); the others balance the pole
+        balance = (obs[:, 2] + obs[:, 3] > 0).astype(np.int64)
+        balance[0] = 0
+        return balance
+
+    returns = np.sort(play(A2CConfig(), policy, 10, seed=0, num_envs=4))
+    # quotas 3, 3, 2, 2: three short games from env 0, seven full 500-step games from the others
+    assert (returns[:3] < 50).all() and (returns[3:] == 500).all(), returns
+
+
+def test_without_evaluations_the_final_network_is_the_one_evaluated(in_tmp, capsys):
+    from fovea import checkpoint
+
+    argv = ["train", "a2c-catch", "--name", "noeval", "--wandb", "disabled", "--total-steps", "800",
+            "--eval-episodes", "0"]  # fmt: skip
+    assert main(argv) == 0
+    state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/noeval/checkpoints")[-1])
+    net, best = state["objects"]["net"], state["objects"]["best"]
+    assert all(torch.equal(net[k], best[k]) for k in net)
+    assert main(["eval", "runs/noeval", "--episodes", "3"]) == 0
+    assert _last_json(capsys)["best_step"] == 800

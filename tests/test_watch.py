@@ -7,6 +7,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+import pytest
 import torch
 from wandb_reader import history
 
@@ -36,12 +37,12 @@ def test_write_mp4_round_trip(tmp_path):
 
 
 def test_saliency_marks_the_pixels_the_score_reads():
-    def score(x, starts):
-        return 5 * x[1, 3, 2] - x[0, 0, 0] ** 2  # reads two pixels of a (2, 6, 4) stack
+    def score(x, starts, action):
+        return action * x[1, 3, 2] - x[0, 0, 0] ** 2  # reads two pixels of a (2, 6, 4) stack
 
     obs = np.zeros((2, 6, 4), np.uint8)
     obs[0, 0, 0] = 3
-    heat = saliency_map(score, obs, np.ones(1, bool), torch.device("cpu"))
+    heat = saliency_map(score, obs, np.ones(1, bool), 5, torch.device("cpu"))
     expected = np.zeros((6, 4), np.float32)
     expected[3, 2], expected[0, 0] = 5, 6  # max over the stacked frames of |d score / d pixel|
     np.testing.assert_allclose(heat, expected)
@@ -78,3 +79,15 @@ def test_eval_refuses_saliency_on_state_vectors_and_bad_episodes(in_tmp, capsys)
     assert main(["eval", "runs/cp", "--video", "--episodes", "2", "--wandb", "disabled"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert Path(figures["video"]).stat().st_size > 1000 and figures["eval/episodes"] == 2
+
+
+@pytest.mark.slow
+def test_demo_trains_a_classifier_and_an_agent_and_leaves_a_video(in_tmp, capsys):
+    assert main(["demo", "--name", "d"]) == 0
+    err = capsys.readouterr().err
+    figures = json.loads((in_tmp / "runs/d-agent/summary.json").read_text())
+    assert figures["eval/mean_return"] >= 0.8  # dqn-catch: at least 90% of the balls caught
+    assert json.loads((in_tmp / "runs/d/summary.json").read_text())["test/acc"] > 0.95
+    videos = list((in_tmp / "runs/d-agent/videos").glob("play-*.mp4"))
+    assert len(videos) == 1 and f"agent video    {videos[0].relative_to(in_tmp)}" in err
+    assert "wandb sync runs/d-agent/wandb/offline-run-" in err
