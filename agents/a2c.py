@@ -12,7 +12,6 @@ where an episode starts.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -25,9 +24,11 @@ from agents import common, watch
 from agents.common import (
     AgentConfig,
     build_trunk,
+    catch_cnn,
     clip_grads,
     crossed,
     finish_training,
+    load_best,
     make_env,
     pixel_scale,
     play,
@@ -111,9 +112,8 @@ class Rollout:
         self.starts = torch.zeros((n, t), dtype=torch.bool, device=device)
         self.actions = torch.zeros((n, t), dtype=torch.long, device=device)
         self.values = torch.zeros((n, t), device=device)
-        zeros = np.zeros((n, t), np.float32)
-        self.rewards, self.terminated, self.ends, self.valid = zeros.copy(), zeros.astype(bool), \
-            zeros.astype(bool), zeros.astype(bool)  # fmt: skip
+        self.rewards = np.zeros((n, t), np.float32)
+        self.terminated, self.ends, self.valid = (np.zeros((n, t), bool) for _ in range(3))
 
 
 def train(cfg: A2CConfig, run: Run) -> dict:
@@ -125,6 +125,7 @@ def train(cfg: A2CConfig, run: Run) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / iterations if cfg.lr_decay else 1.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.track(net=net, best=best, optimizer=optimizer, scheduler=sched, generator=gen)
+    evaluate = lambda m: evaluate_policy(cfg, m, run.device)  # noqa: E731
     run.restore()
 
     n, t_len, dev = cfg.num_envs, cfg.n_steps, run.device
@@ -152,9 +153,9 @@ def train(cfg: A2CConfig, run: Run) -> dict:
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps,
                      "train/lr": sched.get_last_lr()[0]}, step=steps)  # fmt: skip
         if cfg.eval_episodes and crossed(steps, width, cfg.eval_every) and it < iterations:
-            keep_best(cfg, run, net, best, steps)  # (the last one follows the loop)
+            common.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
-    return finish_training(cfg, run, net, best, run.step * width, lambda m: evaluate_policy(cfg, m, run.device))
+    return finish_training(cfg, run, net, best, run.step * width, evaluate)
 
 
 @torch.no_grad()
@@ -228,21 +229,11 @@ def evaluate_policy(cfg: A2CConfig, net: ActorCritic, device: torch.device, epis
     return return_figures(returns)
 
 
-def keep_best(cfg, run: Run, net: ActorCritic, best: ActorCritic, steps: int) -> dict:
-    return common.keep_best(run, net, best, steps, lambda m: evaluate_policy(cfg, m, run.device))
-
-
 def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, video: bool = False,
              saliency: bool = False) -> dict:  # fmt: skip
     """Play the best policy of training: ``episodes`` full games, and with ``video`` / ``saliency`` one
     more recorded to MP4 (saliency of the chosen action's logit)."""
-    env = make_env(cfg, 1, cfg.seed)
-    net = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
-    env.close()
-    run.track(best=net)  # the best network of the training evaluations
-    if not run.restore():
-        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    net.eval()
+    net = load_best(cfg, run, build)
     figures = {"network": "best", "best_step": run.state.get("best_step"),
                **evaluate_policy(cfg, net, run.device, episodes)}  # fmt: skip
     if video or saliency:
@@ -270,7 +261,7 @@ register_recipe(
     "a2c-catch",
     A2CConfig(
         env="catch",
-        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"}),
+        backbone=catch_cnn(),
         num_envs=16,
         total_steps=40_000,
         ent_coef=0.01,

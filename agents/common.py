@@ -8,6 +8,7 @@ begins with this observation (a recurrent policy resets its state there; others 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -91,6 +92,26 @@ def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...]) -> nn.Module:
         if cfg.freeze_backbone:
             freeze(trunk)
     return trunk
+
+
+def catch_cnn() -> BackboneSpec:
+    """The small trunk of the Catch recipes: one 3x3 conv stage at full resolution, no batch norm (batch
+    statistics would differ between acting on N observations and learning from a batch)."""
+    return BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"})
+
+
+def load_best(cfg: AgentConfig, run, build: Callable[[AgentConfig, object], nn.Module]) -> nn.Module:
+    """The network of the best training evaluation, from the run's latest checkpoint, in eval mode.
+
+    It is built without ``backbone_from``: the checkpoint holds every weight, and the source run may be gone.
+    """
+    env = make_env(cfg, 1, cfg.seed)
+    net = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
+    env.close()
+    run.track(best=net)
+    if not run.restore():
+        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
+    return net.eval()
 
 
 def play(cfg: AgentConfig, policy: Policy, episodes: int, *, seed: int, num_envs: int = 8) -> np.ndarray:

@@ -14,7 +14,6 @@ ratio). No bootstrap past a termination; a time-limit truncation bootstraps.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,9 +27,11 @@ from agents import common, watch
 from agents.common import (
     AgentConfig,
     build_trunk,
+    catch_cnn,
     clip_grads,
     crossed,
     finish_training,
+    load_best,
     make_env,
     pixel_scale,
     play,
@@ -162,6 +163,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     replay = FrameReplay(cfg.buffer_size, cfg.num_envs, frame_shape, stack=stack, dtype=dtype, device=run.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.track(qnet=qnet, target=target, best=best, optimizer=optimizer, generator=gen)
+    evaluate = lambda net: evaluate_policy(cfg, net, run.device)  # noqa: E731
     if cfg.save_replay:
         run.track(replay=replay)
     run.restore()
@@ -191,22 +193,16 @@ def train(cfg: DQNConfig, run: Run) -> dict:
             if updates % 100 == 0:
                 sps = (steps - start_steps) / (time.perf_counter() - start_time)
                 run.log({"train/loss": out["loss"], "train/q_values": out["q"], "perf/sps": sps}, step=steps)
-        if steps // cfg.target_update_every > (steps - cfg.num_envs) // cfg.target_update_every:
+        if crossed(steps, cfg.num_envs, cfg.target_update_every):
             with torch.no_grad():
                 for p, tp in zip(qnet.parameters(), target.parameters(), strict=True):
                     tp.lerp_(p, cfg.tau)
                 for b, tb in zip(qnet.buffers(), target.buffers(), strict=True):
                     tb.copy_(b)
         if cfg.eval_episodes and crossed(steps, cfg.num_envs, cfg.eval_every) and it < iterations:
-            keep_best(cfg, run, qnet, best, steps)  # (the last one follows the loop)
+            common.keep_best(run, qnet, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
-    return finish_training(cfg, run, qnet, best, run.step * cfg.num_envs,
-                           lambda net: evaluate_policy(cfg, net, run.device))  # fmt: skip
-
-
-def keep_best(cfg: DQNConfig, run: Run, qnet: QNetwork, best: QNetwork, steps: int) -> dict:
-    """Evaluate the current network, log it, and keep it in ``best`` when it beats every earlier one."""
-    return common.keep_best(run, qnet, best, steps, lambda net: evaluate_policy(cfg, net, run.device))
+    return finish_training(cfg, run, qnet, best, run.step * cfg.num_envs, evaluate)
 
 
 def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen) -> dict:
@@ -241,13 +237,7 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, video: bo
              saliency: bool = False) -> dict:  # fmt: skip
     """Play the best network of training: ``episodes`` full games (the Nature protocol on Atari: no-op
     starts, ``eval_epsilon``), and with ``video`` / ``saliency`` one more recorded to MP4."""
-    env = make_env(cfg, 1, cfg.seed)
-    qnet = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
-    env.close()
-    run.track(best=qnet)  # the best network of the training evaluations
-    if not run.restore():
-        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    qnet.eval()
+    qnet = load_best(cfg, run, build)
     figures = {"network": "best", "best_step": run.state.get("best_step"),
                **evaluate_policy(cfg, qnet, run.device, episodes)}  # fmt: skip
     if video or saliency:
@@ -264,7 +254,7 @@ register_recipe(
     "dqn-catch",
     DQNConfig(
         env="catch",
-        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"}),
+        backbone=catch_cnn(),
         num_envs=4,
         total_steps=20_000,
         buffer_size=20_000,

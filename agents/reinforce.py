@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from agents import a2c, common
-from agents.common import AgentConfig, crossed, finish_training, make_env
+from agents.common import AgentConfig, catch_cnn, crossed, finish_training, make_env
 from agents.policy import ActorCritic, sample
 from agents.returns import returns_to_go
-from fovea.config import BackboneSpec, param, register_recipe, register_task
+from fovea.config import param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
 
@@ -122,6 +122,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
     optimizer = a2c.make_optimizer(cfg, net)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.track(net=net, best=best, optimizer=optimizer, generator=gen)
+    evaluate = lambda m: a2c.evaluate_policy(cfg, m, run.device)  # noqa: E731
     run.restore()
     run.state.setdefault("running_mean", 0.0)
     run.state.setdefault("updates", 0)
@@ -139,7 +140,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
         next_obs, reward, term, trunc, info = env.step(actions)
         learn_reward = np.sign(reward) if cfg.clip_rewards else reward
         for i in np.flatnonzero(~info["reset"]):  # a reset step is not a transition
-            episodes.add(i, obs[i], int(actions[i]), float(learn_reward[i]))
+            episodes.add(i, obs[i].copy(), int(actions[i]), float(learn_reward[i]))  # own copy: envs may reuse obs
         for i in np.flatnonzero(term | trunc):
             episodes.end(i, bootstrap=final_value(cfg, net, next_obs[i], dev) if trunc[i] and not term[i] else 0.0)
         obs = next_obs
@@ -153,9 +154,9 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
             sps = (steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps}, step=steps)
         if cfg.eval_episodes and crossed(steps, n, cfg.eval_every) and it < iterations:
-            keep_best(cfg, run, net, best, steps)  # (the last one follows the loop)
+            common.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
-    figures = finish_training(cfg, run, net, best, run.step * n, lambda m: a2c.evaluate_policy(cfg, m, run.device))
+    figures = finish_training(cfg, run, net, best, run.step * n, evaluate)
     return {**figures, "updates": run.state["updates"]}
 
 
@@ -212,10 +213,6 @@ def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict
     return out
 
 
-def keep_best(cfg, run: Run, net: ActorCritic, best: ActorCritic, steps: int) -> dict:
-    return common.keep_best(run, net, best, steps, lambda m: a2c.evaluate_policy(cfg, m, run.device))
-
-
 register_task(ReinforceConfig, train, a2c.evaluate)
 register_recipe("reinforce-cartpole", ReinforceConfig(),
                 "REINFORCE with a learned value baseline on CartPole-v1: 475+ within 200k steps")  # fmt: skip
@@ -223,7 +220,7 @@ register_recipe(
     "reinforce-catch",
     ReinforceConfig(
         env="catch",
-        backbone=BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"}),
+        backbone=catch_cnn(),
         num_envs=16,
         batch_episodes=32,
         total_steps=40_000,

@@ -49,6 +49,34 @@ class Episodes:
     lengths: np.ndarray
 
 
+class EpisodeTracker:
+    """Per-env running returns and lengths under NEXT_STEP autoreset, shared by every vector env.
+
+    ``update(reward, ended)`` takes one step's raw rewards and the envs whose episode (full game)
+    ended at it; it returns ``reset``, the envs for which this step only restarted the episode that
+    ended on the step before (not a transition), ``ended`` without those, and the finished ``Episodes``.
+    """
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs, np.float64)
+        self.lengths = np.zeros(num_envs, np.int64)
+        self.reset_next = np.zeros(num_envs, bool)
+
+    def start(self) -> None:
+        self.returns[:], self.lengths[:], self.reset_next[:] = 0, 0, False
+
+    def update(self, reward: np.ndarray, ended: np.ndarray) -> tuple[np.ndarray, np.ndarray, Episodes]:
+        reset = self.reset_next.copy()
+        live = ~reset
+        self.returns[live] += reward[live]
+        self.lengths[live] += 1
+        ended = ended & live
+        episodes = Episodes(self.returns[ended].copy(), self.lengths[ended].copy())
+        self.returns[ended], self.lengths[ended] = 0, 0
+        self.reset_next = ended
+        return reset, ended, episodes
+
+
 class AtariVector:
     """``num_envs`` Atari games stepped together in C++ (``ale_py.vector_env.AtariVectorEnv``).
 
@@ -85,28 +113,20 @@ class AtariVector:
         self.single_action_space = self.env.single_action_space
         self.num_actions = int(self.single_action_space.n)
         self.frame_stack = 4  # observations stack the last 4 frames: a replay can store each frame once
-        self._return = np.zeros(num_envs, np.float64)
-        self._length = np.zeros(num_envs, np.int64)
-        self._reset_next = np.zeros(num_envs, bool)
+        self.tracker = EpisodeTracker(num_envs)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start every env afresh, seeded with ``seed`` (default: the seed given at construction)."""
         obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
-        self._return[:], self._length[:], self._reset_next[:] = 0, 0, False
+        self.tracker.start()
         return obs
 
     def step(self, actions: np.ndarray):
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions))
-        reset = self._reset_next.copy()  # this step only restarted the games that ended last step
         game_over = (terminated & (info["lives"] == 0)) | truncated
+        reset, game_over, episodes = self.tracker.update(reward, game_over)
         live = ~reset
-        self._return[live] += reward[live]
-        self._length[live] += 1
-        ended = game_over & live
-        episodes = Episodes(self._return[ended].copy(), self._length[ended].copy())
-        self._return[ended], self._length[ended] = 0, 0
-        self._reset_next = game_over & live
-        info = {"game_over": game_over & live, "reset": reset, "episodes": episodes, "lives": info["lives"]}
+        info = {"game_over": game_over, "reset": reset, "episodes": episodes, "lives": info["lives"]}
         return obs, reward.astype(np.float32), terminated & live, truncated & live, info
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.atari import AtariVector, Episodes, game_id, games
+from envs.atari import AtariVector, EpisodeTracker, game_id, games
 from fovea.config import suggest
 from fovea.errors import ConfigError
 
@@ -31,26 +31,18 @@ class GymVector:
         self.single_action_space = self.env.single_action_space
         self.num_actions = int(self.single_action_space.n)
         self.frame_stack = 1
-        self._return = np.zeros(num_envs)
-        self._length = np.zeros(num_envs, np.int64)
-        self._reset_next = np.zeros(num_envs, bool)
+        self.tracker = EpisodeTracker(num_envs)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start every env afresh, seeded with ``seed`` (default: the seed given at construction)."""
         obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
-        self._return[:], self._length[:], self._reset_next[:] = 0, 0, False
+        self.tracker.start()
         return obs
 
     def step(self, actions: np.ndarray):
         obs, reward, terminated, truncated, _ = self.env.step(np.asarray(actions))
-        reset = self._reset_next.copy()
+        reset, ended, episodes = self.tracker.update(reward, terminated | truncated)
         live = ~reset
-        self._return[live] += reward[live]
-        self._length[live] += 1
-        ended = (terminated | truncated) & live
-        episodes = Episodes(self._return[ended].copy(), self._length[ended].copy())
-        self._return[ended], self._length[ended] = 0, 0
-        self._reset_next = ended
         info = {"game_over": ended, "reset": reset, "episodes": episodes}
         return obs, reward.astype(np.float32), terminated & live, truncated & live, info
 
