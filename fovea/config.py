@@ -290,10 +290,12 @@ def _is_number(s: str) -> bool:
 @dataclass(frozen=True)
 class Task:
     """How a family of configs is trained and evaluated: ``train(config, run) -> figures``,
-    ``evaluate(config, run) -> figures``."""
+    ``evaluate(config, run, **options) -> figures``, and for generative models
+    ``sample(config, run, **options) -> figures``."""
 
     train: Callable[..., dict]
     evaluate: Callable[..., dict] | None = None
+    sample: Callable[..., dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -311,11 +313,10 @@ _TASKS: dict[type, Task] = {}
 _RECIPES: dict[str, Recipe] = {}
 
 
-def register_task(
-    config_cls: type[Config], train: Callable[..., dict], evaluate: Callable[..., dict] | None = None
-) -> None:
-    """Tie a config class to the functions that train and evaluate it."""
-    _TASKS[config_cls] = Task(train, evaluate)
+def register_task(config_cls: type[Config], train: Callable[..., dict], evaluate: Callable[..., dict] | None = None,
+                  sample: Callable[..., dict] | None = None) -> None:  # fmt: skip
+    """Tie a config class to the functions that train, evaluate (and sample from) it."""
+    _TASKS[config_cls] = Task(train, evaluate, sample)
 
 
 def register_recipe(name: str, config: Config, description: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,10 +66,22 @@ def datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def load(name: str, split: str) -> ImageData:
-    """The ``split`` (train, val or test) of dataset ``name``."""
+def check_name(name: str) -> None:
+    """Raise ``ConfigError`` (with the closest names) unless ``name`` names a data set."""
     if name not in _DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; {suggest(name, datasets())}")
+
+
+def load(
+    name: str, split: str, *, data_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> ImageData:
+    """The ``split`` (train, val or test) of dataset ``name``.
+
+    Args:
+        data_dir: where downloaded data sets live (MNIST, CIFAR-10...); default $FOVEA_DATA, else ./data.
+        cache_dir: where generated data (Atari frames) is cached; None: not cached.
+    """
+    check_name(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     return _DATASETS[name](split)

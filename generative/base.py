@@ -1,0 +1,394 @@
+"""What every generative model shares: the model interface, the config fields, one training loop,
+evaluation (likelihoods and sample quality) and sampling to an image grid.
+
+The interface (DESIGN.md, "model interface"), on uint8 images (B, C, H, W) in 0..max_value:
+
+- ``loss(batch, player) -> dict``: ``"loss"`` is backpropagated into ``player``'s parameters, the
+  rest is logged. Most models have one player, ``"model"``; a GAN has two, ``"d"`` and ``"g"``,
+  stepped in the order ``players_at(iteration)`` gives.
+- ``sample(n, generator=, temperature=, labels=) -> uint8 images``.
+- ``nll(images, labels) -> (B,)`` negative log-likelihood in nats per image, for models with a
+  likelihood (``likelihood = "exact"`` or ``"estimate"``; ``None`` for an autoencoder or a GAN).
+- ``decode(z, labels)`` and ``latent_dim`` for models with a latent space (interpolation).
+
+A family registers itself with ``register_model(ConfigCls, build)``; ``build(cfg, data) -> model``.
+Training, evaluation and sampling are then the same functions for every family.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fovea.config import Config, param, register_task
+from fovea.errors import ConfigError
+from fovea.run import Run
+from vision import data as vdata
+
+LN2 = math.log(2.0)
+
+
+class GenerativeModel(nn.Module):
+    """Base class of the generative models: defaults for one player and no likelihood or latent space.
+
+    Args:
+        shape: (C, H, W) of the images.
+        max_value: the largest pixel value (16 for digits, 255 for 8-bit images).
+        num_classes: > 0 for a class-conditional model (``labels`` then matter).
+    """
+
+    likelihood: str | None = None  # "exact" (PixelCNN, PixelRNN), "estimate" (VAE: IWAE) or None
+    latent_dim: int | None = None  # models with decode(z)
+
+    def __init__(self, shape: tuple[int, int, int], max_value: int, num_classes: int = 0):
+        super().__init__()
+        self.shape, self.max_value, self.num_classes = tuple(shape), int(max_value), int(num_classes)
+
+    # --- training
+    @property
+    def players(self) -> tuple[str, ...]:
+        return ("model",)
+
+    def players_at(self, iteration: int) -> tuple[str, ...]:
+        """The players stepped at this iteration, in order (a WGAN critic steps more often)."""
+        return self.players
+
+    def player_parameters(self, player: str) -> Iterator[nn.Parameter]:
+        return self.parameters()
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- generation and scoring
+    def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0,
+               labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        raise NotImplementedError
+
+    def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no likelihood")
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no latent space")
+
+    def after_training(self, train: vdata.ImageData) -> None:
+        """Called once when training ends (an autoencoder fits its code distribution here)."""
+
+    # --- helpers for subclasses
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> floats in [0, 1]."""
+        return images.float() / self.max_value
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Floats in [0, 1] -> the nearest pixel level, uint8."""
+        return (x.clamp(0, 1) * self.max_value).round().to(torch.uint8)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU generator, then moved: the same samples on every device."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def categorical(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
+    """One draw per row of ``logits`` (..., K) by inverse CDF, the uniforms drawn on the (CPU) generator so
+    a seed gives the same samples on every device. ``temperature`` 0 takes the most likely value."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    u = torch.rand(probs.shape[:-1], generator=generator, dtype=torch.float64).to(probs.device)
+    cdf = probs.double().cumsum(-1)
+    return (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(kw_only=True)
+class GenConfig(Config):
+    """Fields every generative model has: the data, the optimisation, evaluation and checkpoints."""
+
+    dataset: str = "digits"
+    """digits (embedded), mnist, fashion-mnist, cifar10, atari:GAME[:rgb], or folder:PATH."""
+    data_dir: str = ""
+    """Where downloaded data sets live (default: $FOVEA_DATA, else ./data)."""
+    epochs: int = param(100, ge=1)
+    """Passes over the training split."""
+    batch_size: int = param(64, ge=1)
+    """Minibatch size."""
+    lr: float = param(1e-3, gt=0)
+    """Adam learning rate."""
+    beta1: float = param(0.9, ge=0, lt=1)
+    """Adam beta1 (0.5 for GANs, after DCGAN)."""
+    weight_decay: float = param(0.0, ge=0)
+    """Adam L2 penalty."""
+    grad_clip: float = param(0.0, ge=0)
+    """Clip the gradient norm (0: no clipping)."""
+    eval_every: int = param(5, ge=1)
+    """Epochs between validation passes and sample grids; the best validation loss is kept."""
+    seed: int = 0
+    """Seeds every RNG."""
+    checkpoint_every: int = param(10, ge=1)
+    """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
+
+    def validate(self) -> None:
+        try:
+            vdata.check_name(self.dataset)
+        except ConfigError as e:
+            raise ConfigError(f"{type(self).__name__}.dataset: {e}") from None
+
+
+def load_split(cfg: GenConfig, split: str, run: Run | None = None) -> vdata.ImageData:
+    """One split of the config's data set; Atari frames are cached in the run folder."""
+    cache = run.dir / "data" if run is not None else None
+    return vdata.load(cfg.dataset, split, data_dir=cfg.data_dir or None, cache_dir=cache)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+Builder = Callable[[GenConfig, vdata.ImageData], GenerativeModel]
+_BUILDERS: dict[type, Builder] = {}
+
+
+def register_model(config_cls: type[GenConfig], build: Builder) -> None:
+    """Tie a config class to its model builder; train, eval and sample become available for its recipes."""
+    _BUILDERS[config_cls] = build
+    register_task(config_cls, train, evaluate, sample=sample_command)
+
+
+def build_model(cfg: GenConfig, data: vdata.ImageData) -> GenerativeModel:
+    return _BUILDERS[type(cfg)](cfg, data)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def make_optimizers(cfg: GenConfig, model: GenerativeModel) -> dict[str, torch.optim.Optimizer]:
+    lr = {p: getattr(cfg, f"lr_{p}", cfg.lr) for p in model.players}  # a GAN config may set lr_d / lr_g
+    return {p: torch.optim.Adam(model.player_parameters(p), lr=lr[p], betas=(cfg.beta1, 0.999),
+                                weight_decay=cfg.weight_decay) for p in model.players}  # fmt: skip
+
+
+def train_epoch(cfg: GenConfig, model: GenerativeModel, optimizers: dict, data: vdata.ImageData,
+                gen: torch.Generator, iteration: int) -> tuple[dict[str, float], int]:  # fmt: skip
+    """One pass over ``data``; returns the mean of every logged value and the iteration count after it."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    batches = 0
+    for batch in vdata.batches(data, cfg.batch_size, gen):
+        iteration += 1
+        for player in model.players_at(iteration):
+            out = model.loss(batch, player)
+            opt = optimizers[player]
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.player_parameters(player), cfg.grad_clip)
+            opt.step()
+            for k, v in out.items():
+                key = k if len(model.players) == 1 or k != "loss" else None
+                if key is not None:
+                    sums[key] = sums.get(key, 0) + v.detach().float()
+        batches += 1
+    return {k: float(v) / batches for k, v in sums.items()}, iteration
+
+
+@torch.no_grad()
+def validate(model: GenerativeModel, data: vdata.ImageData, batch_size: int = 500) -> dict[str, float]:
+    """The mean of ``loss`` outputs over a split, in eval mode (for one-player models ``loss`` is the
+    training objective: negative log-likelihood, negative ELBO or reconstruction error)."""
+    model.eval()
+    sums: dict[str, float] = {}
+    for images, labels in vdata.batches(data, batch_size):
+        for player in model.players:
+            for k, v in model.loss((images, labels), player).items():
+                if len(model.players) == 1 or k != "loss":
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(images)
+    return {k: v / len(data) for k, v in sums.items()}
+
+
+def grid_image(images: torch.Tensor, max_value: int, nrow: int | None = None, pad: int = 1,
+               min_tile: int = 32) -> torch.Tensor:  # fmt: skip
+    """Images (N, C, H, W) in 0..max_value as one (H', W', C) uint8 grid, tiles upscaled to at least
+    ``min_tile`` pixels (an 8x8 digit becomes visible) with ``pad`` grey pixels between them."""
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    factor = max(1, math.ceil(min_tile / min(h, w)))
+    x = (images.float().cpu() * (255.0 / max_value)).round().to(torch.uint8)
+    x = x.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    th, tw = h * factor, w * factor
+    out = torch.full((c, rows * (th + pad) + pad, nrow * (tw + pad) + pad), 128, dtype=torch.uint8)
+    for i in range(n):
+        top, left = pad + (i // nrow) * (th + pad), pad + (i % nrow) * (tw + pad)
+        out[:, top : top + th, left : left + tw] = x[i]
+    return out.permute(1, 2, 0)
+
+
+def grid_labels(model: GenerativeModel, n: int) -> torch.Tensor | None:
+    """Labels for a sample grid of a conditional model: each row one class."""
+    if not model.num_classes:
+        return None
+    nrow = max(1, math.ceil(math.sqrt(n)))
+    return (torch.arange(n) // nrow % model.num_classes).to(model.device)
+
+
+def train(cfg: GenConfig, run: Run) -> dict:
+    """Train on the train split; every ``eval_every`` epochs validate, keep the best, log a sample grid."""
+    tr = load_split(cfg, "train", run).to(run.device)
+    va = load_split(cfg, "val", run).to(run.device)
+    model = build_model(cfg, tr).to(run.device)
+    best = copy.deepcopy(model)
+    optimizers = make_optimizers(cfg, model)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    run.track(model=model, best=best, generator=shuffle, **{f"optimizer_{p}": o for p, o in optimizers.items()})
+    run.restore()
+    run.state.setdefault("iteration", 0)
+    show = "val/loss" if len(model.players) == 1 else None
+    for epoch in run.loop(cfg.epochs, unit="epoch", show=show):
+        start = time.perf_counter()
+        means, run.state["iteration"] = train_epoch(cfg, model, optimizers, tr, shuffle, run.state["iteration"])
+        logged = {f"train/{k}": v for k, v in means.items()}
+        logged["perf/images_per_s"] = len(tr) / (time.perf_counter() - start)
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            val = validate(model, va)
+            logged.update({f"val/{k}": v for k, v in val.items()})
+            keep_best(run, model, best, val, epoch)
+            log_grid(run, model, "samples/grid", seed=cfg.seed)
+        run.log(logged)
+    if not run.state.get("best_epoch"):  # no validation loss to choose by (a GAN): the final model
+        best.load_state_dict(model.state_dict())
+    best.after_training(tr)
+    run.save()
+    figures = {"epochs": run.step, "best_epoch": run.state.get("best_epoch") or run.step}
+    figures.update({f"val/{k}": v for k, v in validate(best, va).items()})
+    if best.likelihood:
+        figures.update(likelihood_figures(best, va, "val"))
+    log_grid(run, best, "samples/final", seed=cfg.seed)
+    return figures
+
+
+def keep_best(run: Run, model: GenerativeModel, best: GenerativeModel, val: dict, epoch: int) -> None:
+    """Copy ``model`` into ``best`` when its validation loss is the lowest so far (one-player models)."""
+    if len(model.players) != 1 or "loss" not in val:
+        return
+    if val["loss"] < run.state.get("best_loss", math.inf):
+        best.load_state_dict(model.state_dict())
+        run.state.update(best_loss=val["loss"], best_epoch=epoch)
+
+
+def log_grid(run: Run, model: GenerativeModel, key: str, *, seed: int, n: int = 64) -> Path | None:
+    model.eval()
+    with torch.no_grad():
+        images = model.sample(n, generator=torch.Generator().manual_seed(seed), labels=grid_labels(model, n))
+    return run.log_image(key, grid_image(images, model.max_value), folder="samples")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def nll_figures(model: GenerativeModel, data: vdata.ImageData, batch_size: int = 100) -> torch.Tensor:
+    """Per-image NLL (nats) over a split."""
+    model.eval()
+    return torch.cat([model.nll(x, y).float().cpu() for x, y in vdata.batches(data, batch_size)])
+
+
+def likelihood_figures(model: GenerativeModel, data: vdata.ImageData, split: str) -> dict[str, float]:
+    nats = nll_figures(model, data)
+    dims = math.prod(model.shape)
+    return {f"{split}/nll_nats": nats.mean().item(), f"{split}/bits_per_dim": nats.mean().item() / (dims * LN2),
+            f"{split}/nll_kind": model.likelihood}  # fmt: skip
+
+
+def load_trained(cfg: GenConfig, run: Run) -> tuple[GenerativeModel, vdata.ImageData]:
+    """The best model of a finished (or interrupted) run, in eval mode, and its test split."""
+    test = load_split(cfg, "test", run).to(run.device)
+    model = build_model(cfg, test).to(run.device)
+    run.track(best=model)
+    if not run.restore():
+        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
+    return model.eval(), test
+
+
+@torch.no_grad()
+def sample_many(model: GenerativeModel, n: int, generator: torch.Generator, chunk: int = 250) -> torch.Tensor:
+    """``n`` samples in chunks; a conditional model gets the classes in turn (equal numbers of each)."""
+    labels = torch.arange(n) % model.num_classes if model.num_classes else None
+    out = []
+    for i in range(0, n, chunk):
+        lab = labels[i : i + chunk].to(model.device) if labels is not None else None
+        out.append(model.sample(min(chunk, n - i), generator=generator, labels=lab))
+    return torch.cat(out)
+
+
+def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples: int = 1000) -> dict:
+    """Test NLL for likelihood models; for every model, sample quality in a digits classifier's feature
+    space (Frechet distance to the test set, real-vs-real for scale, class spread of the samples)."""
+    from generative import metrics
+
+    model, test = load_trained(cfg, run)
+    figures: dict = {"best_epoch": run.state.get("best_epoch") or run.step}
+    if model.likelihood:
+        figures.update(likelihood_figures(model, test, "test"))
+    features = metrics.FeatureSpace.for_run(cfg, run, classifier)
+    if features is not None:
+        fake = sample_many(model, samples, torch.Generator().manual_seed(cfg.seed + 12345))
+        val = load_split(cfg, "val", run).to(run.device)
+        figures.update(features.quality(fake, test, val))
+    return figures
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_command(cfg: GenConfig, run: Run, *, n: int = 64, output: str | None = None, seed: int = 0,
+                   temperature: float = 1.0, interpolate: bool = False, label: int | None = None) -> dict:  # fmt: skip
+    """``fovea sample``: a PNG grid of ``n`` samples (or a latent interpolation), logged to W&B."""
+    model, _ = load_trained(cfg, run)
+    gen = torch.Generator().manual_seed(seed)
+    if label is not None and not 0 <= label < model.num_classes:
+        which = f"labels 0..{model.num_classes - 1}" if model.num_classes else "no labels (it is not class-conditional)"
+        raise ConfigError(f"--label {label}: {run.recipe} takes {which}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature {temperature} must be >= 0 (1: the model's distribution, 0: the mode)")
+    if n < 1:
+        raise ConfigError(f"-n {n} must be at least 1")
+    with torch.no_grad():
+        if interpolate:
+            if model.latent_dim is None:
+                raise ConfigError(f"--interpolate: {type(model).__name__} has no latent space (try the VAE, "
+                                  "autoencoder or GAN)")  # fmt: skip
+            rows, steps = max(1, n // 8), 8
+            ends = noise((2, rows, model.latent_dim), gen, run.device)
+            t = torch.linspace(0, 1, steps, device=run.device)[None, :, None]
+            z = (ends[0][:, None] * (1 - t) + ends[1][:, None] * t).reshape(rows * steps, -1)
+            labels = None
+            if model.num_classes:
+                labels = torch.full((rows * steps,), label or 0, device=run.device)
+            images, nrow = model.decode(z, labels), steps
+        else:
+            labels = torch.full((n,), label, device=run.device) if label is not None else grid_labels(model, n)
+            images, nrow = model.sample(n, generator=gen, temperature=temperature, labels=labels), None
+    grid = grid_image(images, model.max_value, nrow=nrow)
+    path = Path(output) if output else run.dir / "samples" / f"sample_seed{seed}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    tmp = path.with_name(f".tmp-{path.name}")
+    Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy()).save(tmp, format="PNG")
+    tmp.replace(path)
+    run.log_image("samples/interpolation" if interpolate else "samples/grid", grid, folder="samples")
+    return {"output": str(path), "images": len(images), "seed": seed, "temperature": temperature,
+            "interpolate": interpolate, "label": label}  # fmt: skip
+
