@@ -1,4 +1,4 @@
-"""The ``fovea`` command: recipes, train, eval, demo, backbones.
+"""The ``fovea`` command: recipes, train, eval, sample, demo, backbones.
 
 Every command that computes figures prints a readable table, then, as its last line, the same
 figures as one JSON object. A user's mistake gets one line naming the problem and the fix, and a
@@ -83,6 +83,24 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode for the videos (default: auto)")  # fmt: skip
     e.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    e.add_argument("--classifier", metavar="RUN_DIR",
+                   help="generative: the classifier run whose features score samples (default: the newest "
+                        "cnn-digits run beside RUN, trained once when there is none)")  # fmt: skip
+    e.add_argument("--samples", type=int, help="generative: samples scored (default: 1000)")
+    s = sub.add_parser("sample", help="a PNG grid of a generative model's samples: fovea sample runs/NAME -n 64",
+                       allow_abbrev=False)  # fmt: skip
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("-o", "--output", help="PNG to write (default: runs/NAME/samples/sample_seedS.png)")
+    s.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples (default: 0)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="1: the model's distribution; lower: more typical samples (0: the most likely)")  # fmt: skip
+    s.add_argument("--interpolate", action="store_true", help="rows of images between two random latent codes")
+    s.add_argument("--label", type=int, help="class-conditional models: samples of this class")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode for the grid (default: auto)")  # fmt: skip
+    s.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
     d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, then a DQN agent on Catch pixels")
     _run_options(d)
     return p
@@ -173,10 +191,33 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    options = {k: v for k, v in (("episodes", args.episodes), ("video", args.video), ("saliency", args.saliency)) if v}
-    if args.episodes is not None and args.episodes < 1:
-        raise UsageError(f"--episodes {args.episodes} must be at least 1")
+    given = {"episodes": args.episodes, "video": args.video, "saliency": args.saliency, "classifier": args.classifier,
+             "samples": args.samples}  # fmt: skip
+    options = {k: v for k, v in given.items() if v}
+    for flag in ("episodes", "samples"):
+        if given[flag] is not None and given[flag] < 1:
+            raise UsageError(f"--{flag} {given[flag]} must be at least 1")
     return evaluate_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+
+
+def cmd_sample(args: argparse.Namespace) -> dict:
+    from fovea.config import from_dict, get_recipe
+    from fovea.run import Run, read_run
+
+    load_tasks()
+    doc = read_run(args.run_dir)
+    recipe = get_recipe(doc["recipe"])
+    if recipe.task.sample is None:
+        raise UsageError(f"recipe {recipe.name!r} is not a generative model: it has nothing to sample")
+    cfg = from_dict(type(recipe.config), doc["config"])
+    run = Run(recipe.name, cfg, run_dir=args.run_dir, device=args.device, evaluate=True)
+    run.attach_tracker(args.wandb, args.project)
+    with run:
+        figures = recipe.task.sample(cfg, run, n=args.n, output=args.output, seed=args.seed,
+                                     temperature=args.temperature, interpolate=args.interpolate, label=args.label)
+    figures = {"run": str(run.dir), "step": run.step, **figures}
+    print_figures(f"sample {run.dir}", figures)
+    return figures
 
 
 def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
@@ -267,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             train_recipe(args, rest)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "sample":
+            cmd_sample(args)
         elif args.command == "demo":
             cmd_demo(args)
     except (FoveaError, backbones.BackboneError) as e:
