@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fovea.config import BackboneSpec, Config, param, register_recipe, register_task, suggest
+from backbones.transfer import freeze, load_weights
+from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
 from vision import data as vdata
@@ -62,6 +63,11 @@ class ClassifierConfig(Config):
     """Registered dataset (`digits` is embedded: scikit-learn's 8x8 handwritten digits)."""
     backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(name="convnet"))
     """Backbone and its options: --backbone resnet --backbone.depth 8."""
+    backbone_from: str = ""
+    """Start the backbone from another run's weights: runs/NAME (the part that fits, e.g. an autoencoder's
+    encoder) or runs/NAME:PREFIX."""
+    freeze_backbone: bool = False
+    """With --backbone-from: keep those weights fixed and train only the head (a linear probe)."""
     dropout: float = param(0.0, ge=0, lt=1)
     """Dropout before the linear head."""
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
@@ -88,13 +94,25 @@ class ClassifierConfig(Config):
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
 
     def validate(self) -> None:
-        if self.dataset not in vdata.datasets():
-            raise ConfigError(f"ClassifierConfig.dataset = {self.dataset!r} is not a dataset; "
-                              f"{suggest(self.dataset, vdata.datasets())}")  # fmt: skip
+        try:
+            vdata.check_name(self.dataset)
+        except ConfigError as e:
+            raise ConfigError(f"ClassifierConfig.dataset: {e}") from None
+        if self.freeze_backbone and not self.backbone_from:
+            raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
 
 
-def build(cfg: ClassifierConfig, shape: tuple[int, int, int], num_classes: int, max_value: int) -> Classifier:
-    return Classifier(cfg.backbone.build(shape), num_classes, max_value, cfg.dropout)
+def build(cfg: ClassifierConfig, shape: tuple[int, int, int], num_classes: int, max_value: int,
+          pretrained: bool = True) -> Classifier:  # fmt: skip
+    """The classifier; with ``pretrained`` its backbone starts from ``backbone_from`` (a checkpoint being
+    loaded next passes False: it holds every weight, and the source run may be gone)."""
+    backbone = cfg.backbone.build(shape)
+    if pretrained and cfg.backbone_from:
+        source, _, prefix = cfg.backbone_from.partition(":")
+        load_weights(backbone, source, prefix or None)
+        if cfg.freeze_backbone:
+            freeze(backbone)
+    return Classifier(backbone, num_classes, max_value, cfg.dropout)
 
 
 def make_optimizer(cfg: ClassifierConfig, params) -> torch.optim.Optimizer:
@@ -178,7 +196,7 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
 def evaluate(cfg: ClassifierConfig, run: Run) -> dict:
     """Test accuracy, per-class accuracy and the confusion matrix of a run's latest checkpoint."""
     test = vdata.load(cfg.dataset, "test").to(run.device)
-    model = build(cfg, test.shape, len(test.classes), test.max_value).to(run.device)
+    model = build(cfg, test.shape, len(test.classes), test.max_value, pretrained=False).to(run.device)
     run.track(model=model)
     if not run.restore():
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
