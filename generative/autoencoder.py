@@ -259,11 +259,11 @@ register_recipe("ae-digits", AEConfig(epochs=100, lr=2e-3),
                 "to the codes")  # fmt: skip
 register_recipe("vae-digits", VAEConfig(epochs=100, lr=1e-3),
                 "Convolutional VAE on the 8x8 digits, 17-way categorical pixels: IWAE test NLL under 95 nats")
-# register_recipe(  # TEMP-ATARI
-#     "vae-atari",
-#     VAEConfig(dataset="atari:pong", encoder=BackboneSpec(name="nature-cnn", options={"features": 256}),
-#               decoder=BackboneSpec(name="conv-decoder", options={"widths": (64, 32, 16), "norm": "none",
-#                                                                   "activation": "elu"}),
-#               latent_dim=32, epochs=20, batch_size=64, lr=5e-4, eval_every=2, iwae_samples=50),
-#     "VAE on 84x84 Pong frames from a random policy (collected and cached in the run folder), discretised logistic",
-# )  # fmt: skip
+register_recipe(
+    "vae-atari",
+    VAEConfig(dataset="atari:pong", encoder=BackboneSpec(name="nature-cnn", options={"features": 256}),
+              decoder=BackboneSpec(name="conv-decoder", options={"widths": (64, 32, 16), "norm": "none",
+                                                                  "activation": "elu"}),
+              latent_dim=32, epochs=20, batch_size=64, lr=5e-4, eval_every=2, iwae_samples=50),
+    "VAE on 84x84 Pong frames from a random policy (collected and cached in the run folder), discretised logistic",
+)  # fmt: skip

@@ -84,7 +84,7 @@ class FeatureSpace:
         if data.shape != tuple(shape) or data.max_value != max_value:
             raise ConfigError(f"--classifier {run_dir} classifies {ccfg.dataset} images {data.shape} in "
                               f"0..{data.max_value}; the samples are {tuple(shape)} in 0..{max_value}")  # fmt: skip
-        model = classify.build(ccfg, data.shape, len(data.classes), data.max_value).to(device)
+        model = classify.build(ccfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(device)
         crun = Run(doc["recipe"], ccfg, run_dir=run_dir, device=str(device), evaluate=True)
         crun.track(model=model)
         if not crun.restore():

@@ -30,7 +30,7 @@ class PixelRNNConfig(GenConfig):
     """PixelRNN: raster-order pixels through a recurrent core, a categorical per pixel."""
 
     core: BackboneSpec = field(
-        default_factory=lambda: BackboneSpec(name="recurrent", options={"hidden_size": 256, "cell": "lstm"})
+        default_factory=lambda: BackboneSpec(name="recurrent", options={"hidden_size": 128, "cell": "lstm"})
     )
     """The recurrent core (LSTM or GRU, its size and layers)."""
     embed_dim: int = param(64, ge=1)
@@ -104,5 +104,5 @@ def build(cfg: PixelRNNConfig, data: ImageData) -> PixelRNN:
 
 
 register_model(PixelRNNConfig, build)
-register_recipe("pixelrnn-digits", PixelRNNConfig(epochs=60, lr=2e-3, eval_every=2),
+register_recipe("pixelrnn-digits", PixelRNNConfig(epochs=50, lr=2e-3, eval_every=2),
                 "PixelRNN (LSTM over raster-order pixels) on the 8x8 digits: exact NLL, 17 levels per pixel")
