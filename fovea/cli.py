@@ -101,7 +101,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode for the grid (default: auto)")  # fmt: skip
     s.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, then a DQN agent on Catch pixels")
+    d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, a digits VAE and its samples, "
+                                    "then a DQN agent on Catch pixels")
     _run_options(d)
     return p
 
@@ -201,23 +202,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> dict:
-    from fovea.config import from_dict, get_recipe
-    from fovea.run import Run, read_run
-
-    load_tasks()
-    doc = read_run(args.run_dir)
-    recipe = get_recipe(doc["recipe"])
-    if recipe.task.sample is None:
-        raise UsageError(f"recipe {recipe.name!r} is not a generative model: it has nothing to sample")
-    cfg = from_dict(type(recipe.config), doc["config"])
-    run = Run(recipe.name, cfg, run_dir=args.run_dir, device=args.device, evaluate=True)
-    run.attach_tracker(args.wandb, args.project)
-    with run:
-        figures = recipe.task.sample(cfg, run, n=args.n, output=args.output, seed=args.seed,
-                                     temperature=args.temperature, interpolate=args.interpolate, label=args.label)
-    figures = {"run": str(run.dir), "step": run.step, **figures}
-    print_figures(f"sample {run.dir}", figures)
-    return figures
+    options = {"n": args.n, "output": args.output, "seed": args.seed, "temperature": args.temperature,
+               "interpolate": args.interpolate, "label": args.label}  # fmt: skip
+    return sample_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
 
 
 def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
@@ -246,27 +233,59 @@ def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wa
     return figures
 
 
+def sample_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
+               project: str = "fovea") -> dict:  # fmt: skip
+    from fovea.config import from_dict, get_recipe
+    from fovea.run import Run, read_run
+
+    load_tasks()
+    doc = read_run(run_dir)
+    recipe = get_recipe(doc["recipe"])
+    if recipe.task.sample is None:
+        raise UsageError(f"recipe {recipe.name!r} is not a generative model: it has nothing to sample")
+    cfg = from_dict(type(recipe.config), doc["config"])
+    run = Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
+    run.attach_tracker(wandb, project)
+    with run:
+        figures = recipe.task.sample(cfg, run, **options)
+    figures = {"run": str(run.dir), "step": run.step, **figures}
+    print_figures(f"sample {run.dir}", figures)
+    return figures
+
+
+DEMO_VAE_EPOCHS = 40  # of vae-digits' 100: about 15 s, samples already clearly digits
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The two things Fovea is for, on embedded data, in about a minute: a CNN classifying the 8x8
-    digits, then a DQN agent learning Catch from pixels, recorded on video."""
+    """The three things Fovea is for, on embedded data, in about a minute: a CNN classifying the 8x8
+    digits, a VAE sampling new ones, then a DQN agent learning Catch from pixels, recorded on video."""
     base = args.name
     args.recipe, args.resume = "cnn-digits", None
     figures = train_recipe(args, [], demo=True)
     run_dir = Path(figures["run"])
+    args.recipe, args.name = "vae-digits", f"{base}-vae" if base else None
+    vae = train_recipe(args, ["--epochs", str(DEMO_VAE_EPOCHS)], demo=True)
+    vae_dir = Path(vae["run"])
+    grid = sample_run(vae_dir, {"n": 64, "output": str(vae_dir / "samples" / "demo_grid.png")}, device=args.device,
+                      wandb=args.wandb, project=args.project)  # fmt: skip
     args.recipe, args.name = "dqn-catch", f"{base}-agent" if base else None
     agent = train_recipe(args, [], demo=True)
     agent_dir = Path(agent["run"])
     watched = evaluate_run(agent_dir, {"video": True}, device=args.device, wandb=args.wandb, project=args.project)
     caught = (agent["eval/mean_return"] + 1) / 2  # +1 caught, -1 missed
-    err.print(f"\n[bold]Demo done[/bold] in {figures['wall_s'] + agent['wall_s']:.0f} s of training.")
+    seconds = figures["wall_s"] + vae["wall_s"] + agent["wall_s"]
+    err.print(f"\n[bold]Demo done[/bold] in {seconds:.0f} s of training.")
     err.print(f"  classifier     {run_dir}/: test accuracy {figures['test/acc']:.1%} on the 8x8 digits")
+    err.print(f"  generator      {vae_dir}/: a VAE, {vae['val/nll_nats']:.1f} nats per validation image (IWAE)")
+    err.print(f"  sample grid    {grid['output']}")
     err.print(f"  agent          {agent_dir}/: catches the ball in {caught:.0%} of {agent['eval/episodes']} games")
     err.print(f"  agent video    {watched['video']}")
-    for d in (run_dir, agent_dir):
+    for d in (run_dir, vae_dir, agent_dir):
         wb = sorted((d / "wandb").glob("offline-run-*"))
         if wb:
             err.print(f"  W&B (offline)  upload with: wandb sync {wb[-1]}")
-    err.print(f"  evaluate       fovea eval {run_dir}   |   fovea eval {agent_dir} --video --saliency")
+    err.print(f"  evaluate       fovea eval {run_dir}   |   fovea eval {vae_dir}   |   fovea eval {agent_dir} --video")
+    err.print(f"  sample more    fovea sample {vae_dir} -n 64 --seed 1   |   fovea sample {vae_dir} --interpolate")
     err.print(f"  train longer   fovea train --resume {run_dir} --epochs {figures['epochs'] + 20}")
 
 

@@ -82,12 +82,15 @@ def test_eval_refuses_saliency_on_state_vectors_and_bad_episodes(in_tmp, capsys)
 
 
 @pytest.mark.slow
-def test_demo_trains_a_classifier_and_an_agent_and_leaves_a_video(in_tmp, capsys):
+def test_demo_trains_a_classifier_a_vae_and_an_agent_and_leaves_samples_and_a_video(in_tmp, capsys):
     assert main(["demo", "--name", "d"]) == 0
     err = capsys.readouterr().err
     figures = json.loads((in_tmp / "runs/d-agent/summary.json").read_text())
     assert figures["eval/mean_return"] >= 0.8  # dqn-catch: at least 90% of the balls caught
     assert json.loads((in_tmp / "runs/d/summary.json").read_text())["test/acc"] > 0.95
+    assert json.loads((in_tmp / "runs/d-vae/summary.json").read_text())["val/nll_nats"] < 100
+    grid = in_tmp / "runs/d-vae/samples/demo_grid.png"
+    assert grid.exists() and f"sample grid    {grid.relative_to(in_tmp)}" in err
     videos = list((in_tmp / "runs/d-agent/videos").glob("play-*.mp4"))
     assert len(videos) == 1 and f"agent video    {videos[0].relative_to(in_tmp)}" in err
     assert "wandb sync runs/d-agent/wandb/offline-run-" in err
