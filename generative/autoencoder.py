@@ -248,6 +248,11 @@ def build_vae(cfg: VAEConfig, data: ImageData) -> VAE:
         kind = "categorical" if data.max_value < 32 else "logistic"
     per_pixel = {"categorical": data.max_value + 1, "logistic": 2, "bernoulli": 1}[kind]
     encoder, decoder = _build_parts(cfg, data, per_pixel)
+    last = decoder.up[-1] if hasattr(decoder, "up") else None
+    if kind == "logistic" and isinstance(last, nn.Conv2d):  # start at the data's mean grey, 1/50 of the range wide
+        with torch.no_grad():
+            last.bias.view(-1, 2)[:, 0] = data.images.float().mean().item() / data.max_value - 0.5
+            last.bias.view(-1, 2)[:, 1] = math.log(0.02)
     return VAE(encoder, decoder, cfg.latent_dim, data.shape, data.max_value, kind, cfg.beta, cfg.iwae_samples,
                cfg.sample_pixels)  # fmt: skip
 
@@ -264,6 +269,6 @@ register_recipe(
     VAEConfig(dataset="atari:pong", encoder=BackboneSpec(name="nature-cnn", options={"features": 256}),
               decoder=BackboneSpec(name="conv-decoder", options={"widths": (64, 32, 16), "norm": "none",
                                                                   "activation": "elu"}),
-              latent_dim=32, epochs=20, batch_size=64, lr=5e-4, eval_every=2, iwae_samples=50),
+              latent_dim=32, epochs=50, batch_size=64, lr=1e-3, eval_every=5, iwae_samples=8),
     "VAE on 84x84 Pong frames from a random policy (collected and cached in the run folder), discretised logistic",
 )  # fmt: skip
