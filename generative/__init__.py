@@ -6,5 +6,6 @@ Importing the package registers their recipes (``vae-digits``, ``pixelcnn-digits
 from generative import (
     autoencoder,  # noqa: F401
     gan,  # noqa: F401
+    pixelcnn,  # noqa: F401
     pixelrnn,  # noqa: F401
 )
