@@ -144,7 +144,7 @@ class GenConfig(Config):
         try:
             vdata.check_name(self.dataset)
         except ConfigError as e:
-            raise ConfigError(f"{type(self).__name__}.dataset: {e}") from None
+            raise ConfigError(f"{type(self).__name__}.dataset = {self.dataset!r} is not allowed: {e}") from None
 
 
 def load_split(cfg: GenConfig, split: str, run: Run | None = None) -> vdata.ImageData:

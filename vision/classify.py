@@ -97,7 +97,7 @@ class ClassifierConfig(Config):
         try:
             vdata.check_name(self.dataset)
         except ConfigError as e:
-            raise ConfigError(f"ClassifierConfig.dataset: {e}") from None
+            raise ConfigError(f"ClassifierConfig.dataset = {self.dataset!r} is not allowed: {e}") from None
         if self.freeze_backbone and not self.backbone_from:
             raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
 
