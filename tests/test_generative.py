@@ -267,4 +267,5 @@ def test_vae_and_gan_meet_their_bands(in_tmp, capsys):
     vae, gan = figures["vae-digits"], figures["gan-digits"]
     assert vae["test/nll_kind"] == "estimate" and vae["test/nll_nats"] <= 95.0, vae
     assert gan["fid/test"] < vae["fid/test"], (gan["fid/test"], vae["fid/test"])
+    assert gan["fid/test"] < 1.75 * gan["fid/real_vs_real"], gan  # measured 1.26-1.36x over seeds 0-3
     assert gan["classes/min_fraction"] >= 0.05, gan
