@@ -337,6 +337,7 @@ def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples
     space (Frechet distance to the test set, real-vs-real for scale, class spread of the samples)."""
     from generative import metrics
 
+    torch.manual_seed(cfg.seed)  # the IWAE estimate's draws: the same figures on every evaluation
     model, test = load_trained(cfg, run)
     figures: dict = {"best_epoch": run.state.get("best_epoch") or run.step}
     if model.likelihood:
