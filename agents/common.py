@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones.transfer import freeze, load_weights
+from backbones.transfer import start_from
 from envs import vector
 from fovea.config import BackboneSpec, Config, param
 from fovea.errors import ConfigError
@@ -87,10 +87,7 @@ def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...]) -> nn.Module:
     """The configured backbone, its weights taken from ``backbone_from`` (and frozen) when asked."""
     trunk = cfg.backbone.build(in_shape)
     if cfg.backbone_from:
-        source, _, prefix = cfg.backbone_from.partition(":")
-        load_weights(trunk, source, prefix or None)
-        if cfg.freeze_backbone:
-            freeze(trunk)
+        start_from(trunk, cfg.backbone_from, cfg.freeze_backbone)
     return trunk
 
 

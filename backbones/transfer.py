@@ -57,6 +57,14 @@ def load_weights(module: nn.Module, source: str | Path, prefix: str | None = Non
     return p
 
 
+def start_from(module: nn.Module, source: str, frozen: bool = False) -> nn.Module:
+    """``--backbone-from``: load ``source`` (``runs/NAME`` or ``runs/NAME:PREFIX``) into ``module``, then
+    freeze it when ``frozen``; returns ``module``."""
+    path, _, prefix = source.partition(":")
+    load_weights(module, path, prefix or None)
+    return freeze(module) if frozen else module
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Stop gradients to every parameter (batch-norm statistics still update in train mode)."""
     for param in module.parameters():

@@ -207,22 +207,28 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     return sample_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
 
 
-def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
-                 project: str = "fovea") -> dict:  # fmt: skip
+def open_run(run_dir: str | Path, device: str, action: str):
+    """The recipe, config and read-only Run of ``run_dir``, for ``action`` (``evaluate`` or ``sample``)."""
     from fovea.config import from_dict, get_recipe
     from fovea.run import Run, read_run
 
     load_tasks()
     doc = read_run(run_dir)
     recipe = get_recipe(doc["recipe"])
-    if recipe.task.evaluate is None:
-        raise UsageError(f"recipe {recipe.name!r} has no evaluation")
+    if getattr(recipe.task, action) is None:
+        why = "has no evaluation" if action == "evaluate" else "is not a generative model: it has nothing to sample"
+        raise UsageError(f"recipe {recipe.name!r} {why}")
     cfg = from_dict(type(recipe.config), doc["config"])
+    return recipe, cfg, Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
+
+
+def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
+                 project: str = "fovea") -> dict:  # fmt: skip
+    recipe, cfg, run = open_run(run_dir, device, "evaluate")
     accepted = inspect.signature(recipe.task.evaluate).parameters
     unknown = [f"--{k}" for k in options if k not in accepted]
     if unknown:
         raise UsageError(f"{' and '.join(unknown)}: recipe {recipe.name!r} evaluates without such options")
-    run = Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
     if options.get("video") or options.get("saliency"):
         run.attach_tracker(wandb, project)
     with run:
@@ -235,16 +241,7 @@ def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wa
 
 def sample_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
                project: str = "fovea") -> dict:  # fmt: skip
-    from fovea.config import from_dict, get_recipe
-    from fovea.run import Run, read_run
-
-    load_tasks()
-    doc = read_run(run_dir)
-    recipe = get_recipe(doc["recipe"])
-    if recipe.task.sample is None:
-        raise UsageError(f"recipe {recipe.name!r} is not a generative model: it has nothing to sample")
-    cfg = from_dict(type(recipe.config), doc["config"])
-    run = Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
+    recipe, cfg, run = open_run(run_dir, device, "sample")
     run.attach_tracker(wandb, project)
     with run:
         figures = recipe.task.sample(cfg, run, **options)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.transfer import freeze, load_weights
+from backbones.transfer import start_from
 from fovea.config import BackboneSpec, param, register_recipe
 from fovea.errors import ConfigError
 from generative.base import GenConfig, GenerativeModel, categorical, noise, register_model
@@ -228,10 +228,7 @@ def discretized_logistic_logp(images: torch.Tensor, loc: torch.Tensor, log_scale
 def _build_parts(cfg: AEConfig, data: ImageData, out_channels: int) -> tuple[nn.Module, nn.Module]:
     encoder = cfg.encoder.build(data.shape)
     if cfg.backbone_from:
-        source, _, prefix = cfg.backbone_from.partition(":")
-        load_weights(encoder, source, prefix or None)
-        if cfg.freeze_backbone:
-            freeze(encoder)
+        start_from(encoder, cfg.backbone_from, cfg.freeze_backbone)
     c, h, w = data.shape
     decoder = cfg.decoder.build((cfg.latent_dim,), out_shape=(c * out_channels, h, w))
     return encoder, decoder

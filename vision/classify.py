@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.transfer import freeze, load_weights
+from backbones.transfer import start_from
 from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
@@ -108,10 +108,7 @@ def build(cfg: ClassifierConfig, shape: tuple[int, int, int], num_classes: int, 
     loaded next passes False: it holds every weight, and the source run may be gone)."""
     backbone = cfg.backbone.build(shape)
     if pretrained and cfg.backbone_from:
-        source, _, prefix = cfg.backbone_from.partition(":")
-        load_weights(backbone, source, prefix or None)
-        if cfg.freeze_backbone:
-            freeze(backbone)
+        start_from(backbone, cfg.backbone_from, cfg.freeze_backbone)
     return Classifier(backbone, num_classes, max_value, cfg.dropout)
 
 
