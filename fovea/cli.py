@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--video", action="store_true", help="agents: record one episode to runs/NAME/videos/ and W&B")
     e.add_argument("--saliency", action="store_true", help="agents: the video shows gradient saliency (pixels only)")
     e.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode for the videos (default: auto)")  # fmt: skip
+                   help="W&B mode for the pictures and videos eval logs (default: auto)")  # fmt: skip
     e.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
     e.add_argument("--classifier", metavar="RUN_DIR",
                    help="generative: the classifier run whose features score samples (default: the newest "
@@ -229,8 +229,7 @@ def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wa
     unknown = [f"--{k}" for k in options if k not in accepted]
     if unknown:
         raise UsageError(f"{' and '.join(unknown)}: recipe {recipe.name!r} evaluates without such options")
-    if options.get("video") or options.get("saliency"):
-        run.attach_tracker(wandb, project)
+    run.attach_tracker(wandb, project)
     with run:
         figures = recipe.task.evaluate(cfg, run, **options)
         figures = {"run": str(run.dir), "step": run.step, **figures}

@@ -393,8 +393,9 @@ class Run:
             self.tracker.log_video(key, path, self.step if step is None else step)
 
     def attach_tracker(self, wandb: str = "auto", project: str = "fovea") -> None:
-        """For evaluation: log media (videos, images) into the run's own W&B run and metrics.jsonl."""
-        if self.tracker is None and wandb != "disabled":
+        """For evaluation: log media (videos, images) into the run's own W&B run (with ``wandb`` disabled, PNGs
+        and videos still land in the run folder)."""
+        if self.tracker is None:
             self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
                                    config={"recipe": self.recipe, **self.config.to_dict()}, say=self.say)  # fmt: skip
 

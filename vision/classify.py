@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,7 @@ from fovea.config import BackboneSpec, Config, param, register_recipe, register_
 from fovea.errors import ConfigError
 from fovea.run import Run
 from vision import data as vdata
+from vision.plots import confusion_png
 
 
 class Classifier(nn.Module):
@@ -124,8 +126,12 @@ def make_optimizer(cfg: ClassifierConfig, params) -> torch.optim.Optimizer:
 
 
 @torch.inference_mode()
-def evaluate_split(model: Classifier, split: vdata.ImageData, batch_size: int = 512) -> dict:
-    """Loss, accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+def evaluate_split(model: nn.Module, split: vdata.ImageData, batch_size: int = 512) -> dict:
+    """Loss, accuracy, per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
+
+    ``model(images)`` gives (B, K) scores whose argmax is the prediction; the loss is the cross-entropy of
+    those scores read as logits (a kNN returns log vote shares, so its loss is the log-loss of the votes).
+    """
     was_training = model.training
     model.eval()
     k = len(split.classes)
@@ -146,6 +152,18 @@ def confusion_image(confusion: list[list[int]], cell: int = 16) -> torch.Tensor:
     m = torch.tensor(confusion, dtype=torch.float32)
     m = m / m.sum(1, keepdim=True).clamp(min=1)
     return (m * 255).round().to(torch.uint8).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+
+
+def report(run: Run, model: nn.Module, split: vdata.ImageData, key: str = "test") -> dict:
+    """``fovea eval`` for any classifier: accuracy, loss, per-class accuracy and the confusion matrix, which is
+    also drawn (counts and class names) to ``runs/NAME/eval/KEY_confusion_STEP.png`` and logged to W&B."""
+    res = evaluate_split(model, split)
+    figures: dict = {f"{key}/acc": res["acc"], f"{key}/loss": res["loss"]}
+    figures.update({f"{key}/acc_class_{c}": a for c, a in zip(split.classes, res["per_class_acc"], strict=True)})
+    path = run.log_image(f"{key}/confusion", np.asarray(confusion_png(res["confusion"], split.classes)), folder="eval")
+    if path is not None:
+        figures["confusion_png"] = str(path)
+    return {**figures, "confusion": res["confusion"]}
 
 
 def train(cfg: ClassifierConfig, run: Run) -> dict:
@@ -193,14 +211,16 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
 def evaluate(cfg: ClassifierConfig, run: Run) -> dict:
     """Test accuracy, per-class accuracy and the confusion matrix of a run's latest checkpoint."""
     test = vdata.load(cfg.dataset, "test").to(run.device)
-    model = build(cfg, test.shape, len(test.classes), test.max_value, pretrained=False).to(run.device)
+    return report(run, load_trained(cfg, run, test), test)
+
+
+def load_trained(cfg: ClassifierConfig, run: Run, data: vdata.ImageData) -> Classifier:
+    """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
+    model = build(cfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(run.device)
     run.track(model=model)
     if not run.restore():
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    res = evaluate_split(model, test)
-    figures = {"test/acc": res["acc"], "test/loss": res["loss"]}
-    figures.update({f"test/acc_class_{c}": a for c, a in zip(test.classes, res["per_class_acc"], strict=True)})
-    return {**figures, "confusion": res["confusion"]}
+    return model.eval()
 
 
 register_task(ClassifierConfig, train, evaluate)
