@@ -33,17 +33,34 @@ class Classifier(nn.Module):
         num_classes: number of classes.
         max_value: largest pixel value of the uint8 input (16 for digits, 255 for 8-bit images).
         dropout: dropout before the head.
+        in_shape: the input's (C, H, W), to show a fully connected first layer's weights as images.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, max_value: int, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, num_classes: int, max_value: int, dropout: float = 0.0,
+                 in_shape: tuple[int, ...] = ()):  # fmt: skip
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.out_features, num_classes))
         self.max_value = float(max_value)
+        self.in_shape = tuple(in_shape)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / self.max_value - 0.5  # uint8 (B, C, H, W) -> zero-centred floats
-        return self.head(self.backbone(x))  # (B, num_classes) logits
+        return self.head(self.features(images))  # (B, num_classes) logits
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features (B, out_features) of images (B, C, H, W) in pixel units (uint8, or float
+        0..max_value: gradients then flow back to the pixels)."""
+        return self.backbone(images.float() / self.max_value - 0.5)  # zero-centred floats
+
+    def filters(self) -> torch.Tensor | None:
+        """The first layer's weights as images: (K, C, kh, kw) for a convolution, (K, C, H, W) for a fully
+        connected first layer (None when the first layer is neither)."""
+        for m in self.backbone.modules():
+            if isinstance(m, nn.Conv2d):
+                return m.weight.detach()
+            if isinstance(m, nn.Linear):
+                return m.weight.detach().view(m.out_features, *self.in_shape) if self.in_shape else None
+        return None
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
         images, labels = batch
@@ -111,7 +128,7 @@ def build(cfg: ClassifierConfig, shape: tuple[int, int, int], num_classes: int, 
     backbone = cfg.backbone.build(shape)
     if pretrained and cfg.backbone_from:
         start_from(backbone, cfg.backbone_from, cfg.freeze_backbone)
-    return Classifier(backbone, num_classes, max_value, cfg.dropout)
+    return Classifier(backbone, num_classes, max_value, cfg.dropout, shape)
 
 
 def make_optimizer(cfg: ClassifierConfig, params) -> torch.optim.Optimizer:
