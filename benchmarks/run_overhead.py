@@ -25,6 +25,7 @@ from fovea.config import get_recipe
 from fovea.run import Run, pick_device, seed_everything
 from vision import classify
 from vision import data as vdata
+from vision.practice import augmenter
 
 
 def plain_loop(cfg: classify.ClassifierConfig, device: torch.device) -> float:
@@ -36,9 +37,10 @@ def plain_loop(cfg: classify.ClassifierConfig, device: torch.device) -> float:
     optimizer = classify.make_optimizer(cfg, model.parameters())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     shuffle = torch.Generator().manual_seed(cfg.seed)
+    augment = augmenter(cfg.augment)
     for _ in range(cfg.epochs):
         for images, labels in vdata.batches(tr, cfg.batch_size, shuffle):
-            out = model.loss((vdata.random_shift(images, cfg.augment_shift, shuffle), labels))
+            out = model.loss((augment(images, shuffle), labels))
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             optimizer.step()

@@ -1,4 +1,4 @@
-"""The ``fovea`` command: recipes, train, eval, sample, demo, backbones.
+"""The ``fovea`` command: recipes, train, eval, sample, explain, demo, backbones.
 
 Every command that computes figures prints a readable table, then, as its last line, the same
 figures as one JSON object. A user's mistake gets one line naming the problem and the fix, and a
@@ -26,6 +26,8 @@ from rich.table import Table
 from fovea.errors import FoveaError, UsageError
 
 TASK_PACKAGES = ("vision", "agents", "generative")  # packages that register recipes (imported lazily)
+EXPLANATIONS = ("filters", "saliency", "occlusion", "tsne", "neighbours")  # vision.explain.METHODS, kept here so
+# that `fovea --help` needs no torch import (a test checks the two agree)
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -101,6 +103,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode for the grid (default: auto)")  # fmt: skip
     s.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    x = sub.add_parser("explain", help="a picture of what a classifier learned: fovea explain runs/NAME --what "
+                                       "saliency", allow_abbrev=False)  # fmt: skip
+    x.add_argument("run_dir")
+    x.add_argument("--what", required=True, choices=EXPLANATIONS,
+                   help="filters: first-layer weights; saliency: |d score / d pixel|; occlusion: drop in p(true "
+                        "class) under a sliding patch; tsne: 2-D map of the last-layer features; neighbours: nearest "
+                        "training images in feature space")  # fmt: skip
+    x.add_argument("-n", type=int, help="images explained (default 8; tsne: points, default 2000; filters: all)")
+    x.add_argument("-o", "--output", help="PNG to write (default: runs/NAME/explain/WHAT.png)")
+    x.add_argument("--seed", type=int, default=0, help="which test images are picked (default: 0)")
+    x.add_argument("--device", default="auto")
+    x.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode for the picture (default: auto)")  # fmt: skip
+    x.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    q = sub.add_parser(
+        "search",
+        help="random hyperparameter search, coarse to fine: fovea search RECIPE --param lr=log:1e-4:1e-1 --trials 8",
+        usage="fovea search RECIPE --param FIELD=KIND:RANGE [--param ...] [--trials N] [--rounds R] [--metric M] "
+        "[--name NAME] [run options] [--field VALUE ...]",
+        description="Random search over the --param ranges (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, "
+        "choice:A|B|C): a coarse round, then rounds narrowed around the best trial. Give a few --epochs per trial. "
+        "Each trial is a run in runs/NAME/trial-NN/.",
+        allow_abbrev=False,
+    )
+    q.add_argument("--param", action="append", default=[], metavar="FIELD=KIND:RANGE",
+                   help="a searched field, e.g. lr=log:1e-4:1e-1 (repeat for each)")  # fmt: skip
+    q.add_argument("--trials", type=int, default=8, help="trials per round (default: 8)")
+    q.add_argument("--rounds", type=int, default=2, help="rounds: the first coarse, the rest finer (default: 2)")
+    q.add_argument("--metric", default="val/acc", help="the figure trials are ranked by (default: val/acc)")
+    q.add_argument("--search-seed", type=int, default=0, help="seeds the sampling of the trials (default: 0)")
+    _run_options(q)
     d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, a digits VAE and its samples, "
                                     "then a DQN agent on Catch pixels")
     _run_options(d)
@@ -207,8 +240,16 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     return sample_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
 
 
+def cmd_explain(args: argparse.Namespace) -> dict:
+    if args.n is not None and args.n < 1:
+        raise UsageError(f"-n {args.n} must be at least 1")
+    options = {"what": args.what, "output": args.output, "n": args.n, "seed": args.seed}
+    return explain_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+
+
 def open_run(run_dir: str | Path, device: str, action: str):
-    """The recipe, config and read-only Run of ``run_dir``, for ``action`` (``evaluate`` or ``sample``)."""
+    """The recipe, config and read-only Run of ``run_dir``, for ``action`` (``evaluate``, ``sample`` or
+    ``explain``)."""
     from fovea.config import from_dict, get_recipe
     from fovea.run import Run, read_run
 
@@ -216,7 +257,8 @@ def open_run(run_dir: str | Path, device: str, action: str):
     doc = read_run(run_dir)
     recipe = get_recipe(doc["recipe"])
     if getattr(recipe.task, action) is None:
-        why = "has no evaluation" if action == "evaluate" else "is not a generative model: it has nothing to sample"
+        why = {"evaluate": "has no evaluation", "sample": "is not a generative model: it has nothing to sample",
+               "explain": "has nothing to explain (explanations are for classifiers)"}[action]  # fmt: skip
         raise UsageError(f"recipe {recipe.name!r} {why}")
     cfg = from_dict(type(recipe.config), doc["config"])
     return recipe, cfg, Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
@@ -246,6 +288,19 @@ def sample_run(run_dir: str | Path, options: dict, *, device: str = "auto", wand
         figures = recipe.task.sample(cfg, run, **options)
     figures = {"run": str(run.dir), "step": run.step, **figures}
     print_figures(f"sample {run.dir}", figures)
+    return figures
+
+
+def explain_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
+                project: str = "fovea") -> dict:  # fmt: skip
+    """``fovea explain``: one picture of what a classifier learned (``options['what']``), as a PNG in the run
+    folder (or ``options['output']``) and on W&B, with the figures that describe it."""
+    recipe, cfg, run = open_run(run_dir, device, "explain")
+    run.attach_tracker(wandb, project)
+    with run:
+        figures = recipe.task.explain(cfg, run, **options)
+    figures = {"run": str(run.dir), "step": run.step, **figures}
+    print_figures(f"explain {run.dir}", figures)
     return figures
 
 
@@ -285,6 +340,54 @@ def cmd_demo(args: argparse.Namespace) -> None:
     err.print(f"  train longer   fovea train --resume {run_dir} --epochs {figures['epochs'] + 20}")
 
 
+def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
+    """``fovea search``: the table of trials, the best, then one JSON line."""
+    import random
+
+    from fovea.config import apply_overrides, get_recipe
+    from fovea.search import Param, search
+
+    if not args.recipe:
+        raise UsageError("name a recipe to search, e.g. `fovea search softmax-digits --param lr=log:1e-4:1e-1`")
+    if not args.param:
+        raise UsageError("give at least one --param FIELD=KIND:RANGE, e.g. --param lr=log:1e-4:1e-1")
+    for flag in ("trials", "rounds"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} {getattr(args, flag)} must be at least 1")
+    load_tasks()
+    recipe = get_recipe(args.recipe)
+    base = apply_overrides(recipe.config, overrides)
+    params = [Param.parse(spec) for spec in args.param]
+    for p in params:  # a field that does not exist, or a value it cannot take, fails here, before any training
+        apply_overrides(base, [f"--{p.field}", str(p.sample(random.Random(0)))])
+    runs_dir = Path(args.runs_dir or "runs")
+    name = args.name or f"search-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    search_dir = runs_dir / name
+    if search_dir.exists():
+        raise UsageError(f"{search_dir} already exists; pick another --name")
+    options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
+    result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.metric,
+                    seed=args.search_seed, search_dir=search_dir, run_options=options, say=err.print)  # fmt: skip
+    table = Table(title=f"search {recipe.name}: {search_dir} (ranked by {args.metric})", header_style="bold")
+    for col in ("trial", "round", *(p.field for p in params), args.metric):
+        table.add_column(col, justify="right")
+    for row in result["trials"]:
+        shown = "failed: " + row["error"][:40] if row["metric"] is None else f"{row['metric']:.4f}"
+        mark = " *" if row is result["best"] else ""
+        table.add_row(row["trial"] + mark, str(row["round"]), *(f"{row['params'][p.field]:.3g}"
+                      if isinstance(row["params"][p.field], float) else str(row["params"][p.field])
+                      for p in params), shown)  # fmt: skip
+    out.print(table)
+    best = result["best"]
+    out.print(f"best: {best['trial']} {args.metric} {best['metric']:.4f} with "
+              + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best["params"].items()))
+    figures = {"search": str(search_dir), "metric": args.metric, "best_metric": best["metric"], "best_run": best["run"],
+               "best_params": best["params"], "trials": [{**r["params"], args.metric: r["metric"]}
+                                                         for r in result["trials"]]}  # fmt: skip
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
 def _fail(message: str) -> int:
     err.print(f"[bold red]error:[/bold red] {message}")
     return 2
@@ -297,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         p.print_help()
         return 0
-    if args.command == "train":  # the recipe comes first; the other words that are not run options set fields
+    if args.command in ("train", "search"):  # the recipe comes first; the other words that are not options set fields
         args.recipe = rest.pop(0) if rest and not rest[0].startswith("-") else None
     elif rest:
         return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
@@ -325,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args)
         elif args.command == "sample":
             cmd_sample(args)
+        elif args.command == "explain":
+            cmd_explain(args)
+        elif args.command == "search":
+            cmd_search(args, rest)
         elif args.command == "demo":
             cmd_demo(args)
     except (FoveaError, backbones.BackboneError) as e:

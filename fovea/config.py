@@ -290,12 +290,14 @@ def _is_number(s: str) -> bool:
 @dataclass(frozen=True)
 class Task:
     """How a family of configs is trained and evaluated: ``train(config, run) -> figures``,
-    ``evaluate(config, run, **options) -> figures``, and for generative models
-    ``sample(config, run, **options) -> figures``."""
+    ``evaluate(config, run, **options) -> figures``, for generative models
+    ``sample(config, run, **options) -> figures``, and for classifiers
+    ``explain(config, run, what, **options) -> figures`` (pictures of what the model learned)."""
 
     train: Callable[..., dict]
     evaluate: Callable[..., dict] | None = None
     sample: Callable[..., dict] | None = None
+    explain: Callable[..., dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -314,9 +316,10 @@ _RECIPES: dict[str, Recipe] = {}
 
 
 def register_task(config_cls: type[Config], train: Callable[..., dict], evaluate: Callable[..., dict] | None = None,
-                  sample: Callable[..., dict] | None = None) -> None:  # fmt: skip
-    """Tie a config class to the functions that train, evaluate (and sample from) it."""
-    _TASKS[config_cls] = Task(train, evaluate, sample)
+                  sample: Callable[..., dict] | None = None, *,
+                  explain: Callable[..., dict] | None = None) -> None:  # fmt: skip
+    """Tie a config class to the functions that train, evaluate (and sample from, or explain) it."""
+    _TASKS[config_cls] = Task(train, evaluate, sample, explain)
 
 
 def register_recipe(name: str, config: Config, description: str) -> None:

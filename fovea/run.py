@@ -352,6 +352,13 @@ class Run:
         self.save()
         self._stop_progress()
 
+    def stop_loop(self) -> Path:
+        """End a ``loop`` before its total (early stopping): checkpoint this step, close the progress bar,
+        then ``break``. A resumed run goes on from here."""
+        path = self.save()
+        self._stop_progress()
+        return path
+
     def _start_progress(self, total: int, unit: str) -> None:
         self._progress = Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -7,6 +7,8 @@ reaches about 98% test accuracy on the embedded 8x8 digits in well under a minut
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,7 +24,9 @@ from fovea.config import BackboneSpec, Config, param, register_recipe, register_
 from fovea.errors import ConfigError
 from fovea.run import Run
 from vision import data as vdata
+from vision.explain import explainer
 from vision.plots import confusion_png
+from vision.practice import UpdateRatios, augmenter, initialise, parse_augment
 
 
 class Classifier(nn.Module):
@@ -76,37 +80,51 @@ class Classifier(nn.Module):
 
 @dataclass(kw_only=True)
 class ClassifierConfig(Config):
-    """A classifier: a backbone plus a linear head, trained with minibatch SGD-family optimizers."""
+    """A classifier: a backbone (two-layer net, ConvNet, ResNet) plus a linear head, trained with softmax
+    cross-entropy by minibatch SGD or one of its variants."""
 
     dataset: str = "digits"
-    """Registered dataset (`digits` is embedded: scikit-learn's 8x8 handwritten digits)."""
+    """Registered dataset (`digits` is embedded: scikit-learn's 8x8 handwritten digits; mnist, cifar10, ...)."""
+    data_dir: str = ""
+    """Where downloaded data sets live (default: $FOVEA_DATA, else ./data)."""
     backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(name="convnet"))
-    """Backbone and its options: --backbone resnet --backbone.depth 8."""
+    """Backbone and its options: --backbone resnet --backbone.depth 8; --backbone mlp --backbone.hidden 256."""
     backbone_from: str = ""
     """Start the backbone from another run's weights: runs/NAME (the part that fits, e.g. an autoencoder's
     encoder) or runs/NAME:PREFIX."""
     freeze_backbone: bool = False
     """With --backbone-from: keep those weights fixed and train only the head (a linear probe)."""
+    init: Literal["default", "kaiming", "xavier", "small"] = "default"
+    """Weight initialisation of every conv / linear layer (notes 6.3): kaiming (ReLU nets), xavier, small
+    (N(0, 0.01^2), the notes' failure case) or default (PyTorch's)."""
     dropout: float = param(0.0, ge=0, lt=1)
     """Dropout before the linear head."""
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
-    """torch.optim optimizer."""
+    """torch.optim optimizer (sgd uses Nesterov momentum when momentum > 0)."""
     lr: float = param(3e-3, gt=0)
     """Peak learning rate."""
     momentum: float = param(0.9, ge=0, lt=1)
     """Momentum for sgd and rmsprop."""
     weight_decay: float = param(5e-4, ge=0)
     """L2 penalty (decoupled for adamw)."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """Learning-rate schedule over the epochs."""
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning-rate schedule over the epochs: cosine to 0, step (x0.1 at 50% and 75%) or constant."""
     batch_size: int = param(64, ge=1)
     """Minibatch size."""
     epochs: int = param(30, ge=1)
     """Passes over the training split."""
-    augment_shift: int = param(1, ge=0)
-    """Random translation of training images by up to this many pixels (0: none)."""
+    augment: str = "shift:1"
+    """Data augmentation, comma-separated: shift:N, flip, rotate:DEG, affine:DEG, erase:P ('' for none)."""
     label_smoothing: float = param(0.0, ge=0, lt=1)
     """Cross-entropy label smoothing."""
+    patience: int = param(0, ge=0)
+    """Early stopping: stop after this many epochs without a better validation accuracy (0: never). The
+    weights of the best validation accuracy are what is tested and evaluated, either way."""
+    train_limit: int = param(0, ge=0)
+    """Train on the first N training images only (0: all), e.g. 100 labelled digits for transfer learning."""
+    overfit_batch: int = param(0, ge=0)
+    """Sanity check (notes 6.5): train on the first N training images with no regularisation or
+    augmentation; the loss should reach about 0. 0: off."""
     seed: int = 0
     """Seeds every RNG."""
     checkpoint_every: int = param(5, ge=1)
@@ -117,21 +135,29 @@ class ClassifierConfig(Config):
             vdata.check_name(self.dataset)
         except ConfigError as e:
             raise ConfigError(f"ClassifierConfig.dataset = {self.dataset!r} is not allowed: {e}") from None
+        parse_augment(self.augment)
         if self.freeze_backbone and not self.backbone_from:
             raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
+
+    def sanity_check(self) -> ClassifierConfig:
+        """The config ``--overfit-batch`` trains with: no weight decay, dropout, augmentation or smoothing."""
+        return dataclasses.replace(self, weight_decay=0.0, dropout=0.0, augment="", label_smoothing=0.0, patience=0)
 
 
 def build(cfg: ClassifierConfig, shape: tuple[int, int, int], num_classes: int, max_value: int,
           pretrained: bool = True) -> Classifier:  # fmt: skip
-    """The classifier; with ``pretrained`` its backbone starts from ``backbone_from`` (a checkpoint being
-    loaded next passes False: it holds every weight, and the source run may be gone)."""
-    backbone = cfg.backbone.build(shape)
+    """The classifier, initialised by ``cfg.init``; with ``pretrained`` its backbone then starts from
+    ``backbone_from`` (a checkpoint being loaded next passes False: it holds every weight, and the source run
+    may be gone)."""
+    model = Classifier(cfg.backbone.build(shape), num_classes, max_value, cfg.dropout, shape)
+    initialise(model, cfg.init)
     if pretrained and cfg.backbone_from:
-        start_from(backbone, cfg.backbone_from, cfg.freeze_backbone)
-    return Classifier(backbone, num_classes, max_value, cfg.dropout, shape)
+        start_from(model.backbone, cfg.backbone_from, cfg.freeze_backbone)
+    return model
 
 
 def make_optimizer(cfg: ClassifierConfig, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
@@ -140,6 +166,30 @@ def make_optimizer(cfg: ClassifierConfig, params) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: ClassifierConfig, epoch: int) -> float:
+    """The schedule's multiplier of ``lr`` after ``epoch`` epochs. Read from cfg at every step, so a run
+    resumed with more --epochs stretches the schedule to the new end."""
+    t = min(epoch, cfg.epochs) / cfg.epochs
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+def load_splits(cfg: ClassifierConfig, device: torch.device | str) -> dict[str, vdata.ImageData]:
+    """train / val / test on ``device``; train cut to its first ``overfit_batch`` or ``train_limit`` images."""
+    splits = {s: vdata.load(cfg.dataset, s, data_dir=cfg.data_dir or None).to(device) for s in vdata.SPLITS}
+    limit = cfg.overfit_batch or cfg.train_limit
+    if limit:
+        tr = splits["train"]
+        if limit > len(tr):
+            what = "overfit_batch" if cfg.overfit_batch else "train_limit"
+            raise ConfigError(f"{what} = {limit} is more than the {len(tr)} training images of {cfg.dataset}")
+        splits["train"] = vdata.ImageData(tr.images[:limit], tr.labels[:limit], tr.max_value, tr.classes)
+    return splits
 
 
 @torch.inference_mode()
@@ -184,65 +234,114 @@ def report(run: Run, model: nn.Module, split: vdata.ImageData, key: str = "test"
 
 
 def train(cfg: ClassifierConfig, run: Run) -> dict:
-    """Train on the train split, validate every epoch, report test accuracy at the end."""
-    splits = {s: vdata.load(cfg.dataset, s).to(run.device) for s in vdata.SPLITS}
+    """Train on the train split and validate every epoch, keeping the weights of the best validation
+    accuracy (with early stopping after ``patience`` epochs without one); report their test accuracy."""
+    if cfg.overfit_batch:
+        cfg = cfg.sanity_check()
+        run.say(f"Sanity check: overfitting the first {cfg.overfit_batch} training images (no regularisation).")
+    splits = load_splits(cfg, run.device)
     tr = splits["train"]
     model = build(cfg, tr.shape, len(tr.classes), tr.max_value).to(run.device)
+    best = copy.deepcopy(model)
     optimizer = make_optimizer(cfg, model.parameters())
-    # Closed form, read from cfg at every step: a run resumed with more --epochs stretches the cosine to the new end.
-    cosine = cfg.schedule == "cosine"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)) if cosine else 1.0
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    run.track(model=model, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle)
+    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle)
     run.restore()
-    for _ in run.loop(cfg.epochs, unit="epoch", show="val/acc"):
-        start, seen = time.perf_counter(), 0
+    augment, ratios = augmenter(cfg.augment), UpdateRatios(model)
+    for epoch in run.loop(cfg.epochs, unit="epoch", show="val/acc"):
+        start, seen, logged = time.perf_counter(), 0, {}
         sums = torch.zeros(2, device=run.device)  # loss, correct (summed on the device: no sync per batch)
         for images, labels in vdata.batches(tr, cfg.batch_size, shuffle):
-            out = model.loss((vdata.random_shift(images, cfg.augment_shift, shuffle), labels), cfg.label_smoothing)
+            out = model.loss((augment(images, shuffle), labels), cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
-            optimizer.step()
+            if logged:
+                optimizer.step()
+            else:  # the update / weight ratio of the epoch's first step (notes 6.6)
+                ratios.before()
+                optimizer.step()
+                logged = ratios.after()
             sums += torch.stack([out["loss"].detach(), out["acc"].detach()]) * len(labels)
             seen += len(labels)
         scheduler.step()
         val = evaluate_split(model, splits["val"])
-        run.log(
-            {
-                "train/loss": sums[0] / seen,
-                "train/acc": sums[1] / seen,
-                "val/loss": val["loss"],
-                "val/acc": val["acc"],
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "perf/samples_per_s": seen / (time.perf_counter() - start),
-            }
-        )
-    test = evaluate_split(model, splits["test"])
-    val = evaluate_split(model, splits["val"])
+        if (val["acc"], -val["loss"]) > (run.state.get("best_val_acc", -1.0), -run.state.get("best_val_loss", 0.0)):
+            best.load_state_dict(model.state_dict())  # the best accuracy; among equals, the lowest loss
+            run.state.update(best_val_acc=val["acc"], best_val_loss=val["loss"], best_epoch=epoch)
+        run.log({"train/loss": sums[0] / seen, "train/acc": sums[1] / seen, "val/loss": val["loss"],
+                 "val/acc": val["acc"], "val/best_acc": run.state["best_val_acc"],
+                 "train/lr": optimizer.param_groups[0]["lr"],
+                 "perf/samples_per_s": seen / (time.perf_counter() - start), **logged})  # fmt: skip
+        if cfg.patience and epoch - run.state["best_epoch"] >= cfg.patience and epoch < cfg.epochs:
+            run.stop_loop()
+            run.say(f"Early stop at epoch {epoch}: no better val/acc for {cfg.patience} epochs "
+                    f"(best {run.state['best_val_acc']:.4f} at epoch {run.state['best_epoch']}).")  # fmt: skip
+            break
+    test, val = evaluate_split(best, splits["test"]), evaluate_split(best, splits["val"])
     run.log_image("val/confusion", confusion_image(val["confusion"]))
-    return {"test/acc": test["acc"], "test/loss": test["loss"], "val/acc": val["acc"], "epochs": run.step}
+    fit = evaluate_split(best, tr)
+    return {"test/acc": test["acc"], "test/loss": test["loss"], "val/acc": val["acc"], "train/acc": fit["acc"],
+            "train/loss": fit["loss"], "best_epoch": run.state.get("best_epoch", 0), "epochs": run.step}  # fmt: skip
 
 
 def evaluate(cfg: ClassifierConfig, run: Run) -> dict:
     """Test accuracy, per-class accuracy and the confusion matrix of a run's latest checkpoint."""
-    test = vdata.load(cfg.dataset, "test").to(run.device)
+    test = vdata.load(cfg.dataset, "test", data_dir=cfg.data_dir or None).to(run.device)
     return report(run, load_trained(cfg, run, test), test)
 
 
 def load_trained(cfg: ClassifierConfig, run: Run, data: vdata.ImageData) -> Classifier:
     """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
     model = build(cfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(run.device)
-    run.track(model=model)
+    run.track(best=model)
     if not run.restore():
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
     return model.eval()
 
 
-register_task(ClassifierConfig, train, evaluate)
+register_task(ClassifierConfig, train, evaluate, explain=explainer(load_trained))
+DIGITS_CNN = BackboneSpec(name="convnet", options={"widths": (64, 128)})
+CIFAR_CNN = BackboneSpec(name="convnet", options={"widths": (64, 128, 256), "convs_per_stage": 2})
+
 register_recipe(
     "cnn-digits",
-    ClassifierConfig(backbone=BackboneSpec(name="convnet", options={"widths": (64, 128)}), dropout=0.3, epochs=40),
-    "CNN (2 conv-bn-relu stages) on the embedded 8x8 digits: ~98% test accuracy in about 10 s on a CPU",
+    ClassifierConfig(backbone=DIGITS_CNN, dropout=0.3, epochs=40),
+    "CNN (2 conv-bn-relu stages, 64 and 128 channels) on the embedded 8x8 digits, 1-pixel shifts: ~98% test",
+)
+register_recipe(
+    "twolayer-digits",
+    ClassifierConfig(backbone=BackboneSpec(name="mlp", options={"hidden": (512,)}), init="kaiming", dropout=0.5,
+                     epochs=60),  # fmt: skip
+    "two-layer net (notes ch. 4): 64 pixels -> 512 ReLU -> dropout -> 10, AdamW, 1-pixel shifts, on the digits",
+)
+register_recipe(
+    "resnet-digits",
+    ClassifierConfig(backbone=BackboneSpec(name="resnet", options={"depth": 8}), epochs=40),
+    "ResNet-8 (CIFAR-style: 3 stages of basic blocks, global pooling) on the embedded 8x8 digits",
+)
+register_recipe(
+    "cnn-mnist",
+    ClassifierConfig(dataset="mnist", backbone=DIGITS_CNN, dropout=0.3, epochs=10, batch_size=128, lr=2e-3,
+                     augment="shift:2"),  # fmt: skip
+    "the digits CNN on MNIST (28x28; --data-dir or a torchvision download)",
+)
+register_recipe(
+    "twolayer-cifar10",
+    ClassifierConfig(dataset="cifar10", backbone=BackboneSpec(name="mlp", options={"hidden": (500,)}),
+                     init="kaiming", optimizer="sgd", lr=1e-2, weight_decay=1e-3, batch_size=200, epochs=20,
+                     schedule="step", augment=""),  # fmt: skip
+    "two-layer net on CIFAR-10 pixels (CS231n assignment 1's bar: above 48% test)",
+)
+register_recipe(
+    "cnn-cifar10",
+    ClassifierConfig(dataset="cifar10", backbone=CIFAR_CNN, dropout=0.3, epochs=10, batch_size=128, lr=2e-3,
+                     augment="shift:4,flip"),  # fmt: skip
+    "VGG-style CNN (3 stages of 2 conv-bn-relu, 64-128-256) on CIFAR-10, crops and flips (bar: 70% in 10 epochs)",
+)
+register_recipe(
+    "resnet-cifar10",
+    ClassifierConfig(dataset="cifar10", backbone=BackboneSpec(name="resnet", options={"depth": 20}),
+                     optimizer="sgd", lr=0.1, weight_decay=5e-4, batch_size=128, epochs=160, augment="shift:4,flip"),
+    "ResNet-20 (He et al. 2016, section 4.2) on CIFAR-10, SGD 0.1 with Nesterov momentum, cosine (needs a GPU)",
 )

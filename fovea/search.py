@@ -1,0 +1,148 @@
+"""Hyperparameter search the way the notes teach it (CS231n 6.6): random search, coarse to fine.
+
+A coarse round samples every parameter at random over its whole range (log-uniform for learning rates
+and regularisation strengths: Bergstra and Bengio 2012 show random beats grid search when only a few
+parameters matter), trains each trial for a few epochs and scores it on the validation split; a fine
+round then samples again in a range narrowed around the best trial. Every trial is an ordinary run,
+under ``runs/SEARCH/trial-NN/`` with its own config, metrics, checkpoints and W&B run, so any trial can
+be evaluated, explained or resumed like any other.
+
+    fovea search softmax-digits --param lr=log:1e-4:1e-1 --param reg_strength=log:1e-6:1e-2 --trials 8 --epochs 5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fovea.config import Config, apply_overrides
+from fovea.errors import ConfigError, FoveaError, UsageError
+
+KINDS = {
+    "log": "FIELD=log:LO:HI      log-uniform between LO and HI (learning rates, regularisation)",
+    "logint": "FIELD=logint:LO:HI   log-uniform integers (widths, batch sizes)",
+    "uniform": "FIELD=uniform:LO:HI  uniform between LO and HI (dropout, momentum)",
+    "int": "FIELD=int:LO:HI      uniform integers from LO to HI",
+    "choice": "FIELD=choice:A|B|C   one of the listed values",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched field: ``field`` (as on the command line, e.g. ``lr`` or ``backbone.depth``), its kind
+    and its range (``lo``, ``hi``) or ``choices``."""
+
+    field: str
+    kind: str
+    lo: float = 0.0
+    hi: float = 0.0
+    choices: tuple[str, ...] = ()
+
+    @staticmethod
+    def parse(spec: str) -> Param:
+        """``lr=log:1e-4:1e-1`` -> Param; a bad spec raises UsageError listing the forms."""
+        field, _, rest = spec.partition("=")
+        kind, _, arg = rest.partition(":")
+        field = field.strip().lstrip("-").replace("-", "_")
+        forms = "\n  ".join(KINDS.values())
+        where = f"--param {spec!r}"
+        if not field or kind not in KINDS or not arg:
+            raise UsageError(f"{where} is not a search range; write one of:\n  {forms}")
+        if kind == "choice":
+            choices = tuple(c for c in arg.split("|") if c)
+            if len(choices) < 2:
+                raise UsageError(f"{where}: choice needs at least two values, e.g. {field}=choice:sgd|adam")
+            return Param(field, kind, choices=choices)
+        try:
+            lo, hi = (float(x) for x in arg.split(":"))
+        except ValueError:
+            raise UsageError(f"{where}: {kind} needs two numbers LO:HI, e.g. {field}={kind}:1e-4:1e-1") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UsageError(f"{where}: needs LO < HI (got {lo:g} and {hi:g})")
+        if kind in ("log", "logint") and lo <= 0:
+            raise UsageError(f"{where}: a log range needs LO > 0 (got {lo:g}); use uniform:{lo:g}:{hi:g} instead")
+        return Param(field, kind, lo, hi)
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.kind == "choice":
+            return rng.choice(self.choices)
+        if self.kind in ("log", "logint"):
+            v = math.exp(rng.uniform(math.log(self.lo), math.log(self.hi)))
+        else:
+            v = rng.uniform(self.lo, self.hi)
+        return max(int(self.lo), min(int(self.hi), round(v))) if self.kind in ("int", "logint") else float(f"{v:.3g}")
+
+    def narrowed(self, best: Any, shrink: float = 0.25) -> Param:
+        """The fine round's range: ``shrink`` of the coarse width (in log space for log kinds), centred on
+        ``best`` and kept inside the coarse range. Choices stay as they are."""
+        if self.kind == "choice":
+            return self
+        log = self.kind in ("log", "logint")
+        f = math.log if log else (lambda x: x)
+        inv = math.exp if log else (lambda x: x)
+        lo, hi, b = f(self.lo), f(self.hi), f(float(best))
+        half = (hi - lo) * shrink / 2
+        new_lo, new_hi = max(lo, b - half), min(hi, b + half)
+        return Param(self.field, self.kind, inv(new_lo), inv(new_hi))
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"{self.field} in {{{', '.join(self.choices)}}}"
+        return f"{self.field} {self.kind} [{self.lo:.3g}, {self.hi:.3g}]"
+
+
+def maximise(metric: str) -> bool:
+    """Accuracies and returns go up; losses, NLLs and distances go down."""
+    return not any(w in metric for w in ("loss", "nll", "fid", "error", "bits"))
+
+
+def search(recipe, base: Config, params: list[Param], *, trials: int, rounds: int, metric: str, seed: int,
+           search_dir: Path, run_options: dict[str, Any], say=print) -> dict[str, Any]:  # fmt: skip
+    """Run ``rounds`` rounds of ``trials`` random trials each (the first coarse, each next one narrowed around
+    the best so far) and return the table of trials and the best."""
+    from fovea.run import Interrupted, Run
+
+    rng = random.Random(seed)
+    sign = 1.0 if maximise(metric) else -1.0
+    table: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    log_path = search_dir / "trials.jsonl"
+    for r in range(rounds):
+        if r > 0 and best is not None:
+            params = [p.narrowed(best["params"][p.field]) for p in params]
+        stage = "coarse" if r == 0 else "fine"
+        say(f"Round {r + 1} of {rounds} ({stage}): {'; '.join(p.describe() for p in params)}")
+        for _ in range(trials):
+            values = {p.field: p.sample(rng) for p in params}
+            name = f"trial-{len(table):02d}"
+            overrides = [a for f, v in values.items() for a in (f"--{f}", str(v))]
+            cfg = apply_overrides(base, overrides)
+            row: dict[str, Any] = {"trial": name, "round": r + 1, "params": values}
+            run = Run(recipe.name, cfg, name=name, runs_dir=search_dir, **run_options)
+            try:
+                with run:
+                    figures = recipe.task.train(cfg, run)
+                    run.finish(figures)
+                if metric not in figures:
+                    known = ", ".join(k for k, v in figures.items() if isinstance(v, int | float))
+                    raise UsageError(f"--metric {metric!r} is not among the figures {recipe.name} reports: {known}")
+                row["metric"] = float(figures[metric])
+            except Interrupted:
+                raise
+            except FoveaError as e:  # a diverged trial is a result of a coarse search, not a failure of it
+                if isinstance(e, UsageError):
+                    raise
+                row["metric"], row["error"] = None, str(e).splitlines()[0][:200]
+            row["run"] = str(run.dir)
+            table.append(row)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if row["metric"] is not None and (best is None or sign * row["metric"] > sign * best["metric"]):
+                best = row
+    if best is None:
+        raise ConfigError(f"every trial of the search failed (see {log_path}); narrow the ranges, e.g. lower lr")
+    return {"metric": metric, "best": best, "trials": table, "log": str(log_path)}
