@@ -140,8 +140,10 @@ class ClassifierConfig(Config):
             raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
 
     def sanity_check(self) -> ClassifierConfig:
-        """The config ``--overfit-batch`` trains with: no weight decay, dropout, augmentation or smoothing."""
-        return dataclasses.replace(self, weight_decay=0.0, dropout=0.0, augment="", label_smoothing=0.0, patience=0)
+        """The config ``--overfit-batch`` trains with: no weight decay, dropout, augmentation or smoothing, and
+        a constant learning rate."""
+        return dataclasses.replace(self, weight_decay=0.0, dropout=0.0, augment="", label_smoothing=0.0, patience=0,
+                                   schedule="constant")  # fmt: skip
 
 
 def build(cfg: ClassifierConfig, shape: tuple[int, int, int], num_classes: int, max_value: int,
@@ -266,8 +268,9 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
             seen += len(labels)
         scheduler.step()
         val = evaluate_split(model, splits["val"])
-        if (val["acc"], -val["loss"]) > (run.state.get("best_val_acc", -1.0), -run.state.get("best_val_loss", 0.0)):
-            best.load_state_dict(model.state_dict())  # the best accuracy; among equals, the lowest loss
+        so_far = (run.state.get("best_val_acc", -1.0), -run.state.get("best_val_loss", 0.0))
+        if (val["acc"], -val["loss"]) > so_far or cfg.overfit_batch:  # the best accuracy; among equals, the lowest loss
+            best.load_state_dict(model.state_dict())  # (a sanity check keeps the last: it is about fitting)
             run.state.update(best_val_acc=val["acc"], best_val_loss=val["loss"], best_epoch=epoch)
         run.log({"train/loss": sums[0] / seen, "train/acc": sums[1] / seen, "val/loss": val["loss"],
                  "val/acc": val["acc"], "val/best_acc": run.state["best_val_acc"],
