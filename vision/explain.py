@@ -26,7 +26,7 @@ from fovea.errors import UsageError
 from fovea.media import overlay_heatmap
 from fovea.run import Run
 from vision import data as vdata
-from vision.plots import _font, to_rgb
+from vision.plots import load_font, to_rgb
 
 TILE = 96  # pixels on a tile's long side: an 8x8 digit is drawn 12x
 PER_ROW = 8  # images side by side before a picture wraps
@@ -58,7 +58,7 @@ def sheet(rows: list[list[np.ndarray]], title: str, *, row_labels: list[str] | N
     """Equal (h, w, 3) tiles laid out in rows on white, with a title, a label left of each row, a caption under
     each tile and an optional coloured frame around each (``borders[r][c]``: an RGB colour or None)."""
     h, w = rows[0][0].shape[:2]
-    font, small = _font(14), _font(11)
+    font, small = load_font(14), load_font(11)
     left = 8 + (7 * max(map(len, row_labels)) + 8 if row_labels else 0)
     cap = 14 if captions else 0
     cell_w, cell_h = w + 8, h + 8 + cap
@@ -103,17 +103,17 @@ def scatter(points: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], ti
     legend_w = 24 + 7 * max(len(str(c)[:16]) for c in classes)
     img = Image.new("RGB", (size + legend_w + 24, size + 44), "white")
     d = ImageDraw.Draw(img)
-    d.text((8, 8), title, fill="black", font=_font(14))
+    d.text((8, 8), title, fill="black", font=load_font(14))
     lo, hi = points.min(0), points.max(0)
     xy = 12 + (points - lo) / np.maximum(hi - lo, 1e-12) * (size - 24) + [0, 32]
     d.rectangle((0, 32, size, size + 32), outline=(200, 200, 200))
     for (x, y), k in zip(xy, labels, strict=True):
         d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colours[k])
-    small = _font(12)
+    small = load_font(12)
     for k, name in enumerate(classes):
         if (labels == k).any():
             x, y = np.median(xy[labels == k], 0)
-            d.text((x, y), str(name)[:16], fill="black", font=_font(16), anchor="mm", stroke_width=2,
+            d.text((x, y), str(name)[:16], fill="black", font=load_font(16), anchor="mm", stroke_width=2,
                    stroke_fill="white")  # fmt: skip
         y = 40 + 18 * k
         d.rectangle((size + 16, y, size + 26, y + 10), fill=colours[k])

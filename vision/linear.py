@@ -27,6 +27,7 @@ from fovea.run import Run
 from vision import classify
 from vision import data as vdata
 from vision import features as vfeat
+from vision.explain import explainer
 
 
 def svm_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -278,7 +279,7 @@ def load_trained(cfg: LinearConfig, run: Run, data: vdata.ImageData) -> LinearCl
     return model.eval()
 
 
-register_task(LinearConfig, train, evaluate)
+register_task(LinearConfig, train, evaluate, explain=explainer(load_trained))
 # Digits: lr, reg_strength and epochs chosen on the val split (mean of seeds 0-2); figures measured on a CPU.
 register_recipe(
     "svm-digits",

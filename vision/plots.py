@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1 has one fixed size
@@ -24,7 +24,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ce
     if m.shape != (k, k):
         raise ValueError(f"confusion must be {k}x{k} for {k} classes; got {m.shape}")
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
-    font, small = _font(12), _font(10)
+    font, small = load_font(12), load_font(10)
     names = [str(c)[:12] for c in classes]
     margin = 14 + 7 * max(len(n) for n in names)
     img = Image.new("RGB", (max(margin + k * cell + 8, 200), margin + k * cell + 22), "white")
