@@ -3,4 +3,4 @@
 Importing the package registers its recipes (``cnn-digits``, ...).
 """
 
-from vision import classify, data  # noqa: F401
+from vision import classify, data, knn, linear  # noqa: F401
