@@ -53,7 +53,7 @@ class KNNConfig(Config):
     """Cross-validation folds: consecutive blocks of the training split (scikit-learn's KFold, no shuffling)."""
     train_limit: int = param(0, ge=0)
     """Keep only the first N training images (CS231n's CIFAR-10 kNN keeps 5,000); 0: all of them."""
-    query_batch: int = param(4096, ge=1)
+    query_batch: int = param(1024, ge=1)
     """Query images per distance block: memory is bounded by query_batch x point_batch distances."""
     point_batch: int = param(2048, ge=1)
     """Stored images per distance block."""
@@ -90,7 +90,7 @@ class KNN(nn.Module):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, max_value: int, k: int = 1,
-                 metric: str = "l2", query_batch: int = 4096, point_batch: int = 2048):  # fmt: skip
+                 metric: str = "l2", query_batch: int = 1024, point_batch: int = 2048):  # fmt: skip
         super().__init__()
         self.register_buffer("images", images.to(torch.uint8))
         self.register_buffer("labels", labels.long())
@@ -135,11 +135,9 @@ class KNN(nn.Module):
             return torch.cdist(queries, block, p=1)
         return torch.cat([queries, queries.new_ones(len(queries), 1)], 1) @ block.T
 
-    def _nearest(self, queries: torch.Tensor, block: torch.Tensor, exact: torch.Tensor, first: int,
-                 k: int) -> torch.Tensor:  # fmt: skip
-        """The ``k`` nearest to each query of a block of stored images (``block``, and ``exact`` its float64
-        twin; numbered from ``first``), as float64 keys n * rank + index: exact integers (below 2^53) that order
-        by distance, then by index."""
+    def _nearest(self, queries: torch.Tensor, block: torch.Tensor, first: int, k: int) -> torch.Tensor:
+        """The ``k`` nearest to each query of a block of stored images (``block``, numbered from ``first``), as
+        float64 keys n * rank + index: exact integers (below 2^53) that order by distance, then by index."""
         n, ranks = len(self.labels), self._ranks(queries, block)  # (Q, P)
         p = ranks.shape[1]
         if p <= k:
@@ -147,13 +145,11 @@ class KNN(nn.Module):
         else:
             top = ranks.topk(k + 1, dim=1, largest=False)  # (Q, k + 1), nearest first
             cols = top.indices[:, :k]
-            # Where the k-th and (k+1)-th are tied, topk kept any of the tied: redo those rows with exact keys
-            # P * rank + column (float64), which order equal ranks by column. A scan of those rows only.
+            # Where the k-th and (k+1)-th are tied, topk kept any of the tied: in those rows take every stored
+            # image at most as far as the k-th (few), order them by rank then column, and keep the first k.
             tied = (top.values[:, k - 1] == top.values[:, k]).nonzero().squeeze(1)
             if len(tied):
-                column = torch.arange(p, device=ranks.device, dtype=torch.float64)
-                keys = torch.add(column, self._ranks(queries[tied], exact), alpha=p)
-                cols = cols.index_put((tied,), keys.topk(k, dim=1, largest=False).values.long().remainder(p))
+                cols = cols.index_put((tied,), first_k_by_rank(ranks[tied], top.values[tied, k - 1 : k], k))
             ranks = ranks.gather(1, cols)
         return torch.add((cols + first).double(), ranks.double(), alpha=n)
 
@@ -193,8 +189,7 @@ class KNN(nn.Module):
         for p0 in range(0, n, self.point_batch):
             points = stored[p0 : p0 + self.point_batch]
             block = self._block(points, dtype)
-            exact = block if dtype == torch.float64 else self._block(points, torch.float64)
-            found = [self._nearest(queries[q0 : q0 + self.query_batch], block, exact, p0, k)
+            found = [self._nearest(queries[q0 : q0 + self.query_batch], block, p0, k)
                      for q0 in range(0, len(queries), self.query_batch)]  # fmt: skip
             best = torch.cat([best, torch.cat(found)], 1)
             best = best.topk(min(k, best.shape[1]), dim=1, largest=False, sorted=True).values
@@ -218,6 +213,17 @@ class KNN(nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class indices (B,) for uint8 images (B, C, H, W)."""
         return self(images).argmax(1)
+
+
+def first_k_by_rank(ranks: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Columns (T, k) of the ``k`` smallest ``ranks`` (T, P) per row, equal ranks in column order, given each
+    row's k-th smallest value ``kth`` (T, 1): only the entries at most ``kth`` (k and the ties) are sorted."""
+    rows, cols = (ranks <= kth).nonzero(as_tuple=True)  # row-major: columns ascending within a row
+    r = ranks[rows, cols].double()
+    order = torch.argsort(rows.double() * (r.max() - r.min() + 1) + (r - r.min()), stable=True)
+    rows, cols = rows[order], cols[order]
+    start = torch.searchsorted(rows, torch.arange(len(ranks), device=rows.device))  # each row's first entry
+    return cols[start[:, None] + torch.arange(k, device=rows.device)]
 
 
 def _resize_buffers(module: KNN, state_dict: dict, prefix: str, *args) -> None:
