@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-COPIES = ("best", "target")  # objects of an agent's checkpoint that copy its live network
+PREFERRED, LAGGING = "best", "target"  # the kept best copy of a run's network; an agent's lagged target copy
 
 
 def load_weights(module: nn.Module, source: str | Path, prefix: str | None = None) -> str:
@@ -22,8 +22,9 @@ def load_weights(module: nn.Module, source: str | Path, prefix: str | None = Non
 
     Without ``prefix`` the source is searched for the one sub-module whose parameter names and shapes
     fit ``module`` exactly (e.g. ``model.backbone`` of a classifier, ``model.encoder`` of an autoencoder).
-    An agent's checkpoint also holds copies of its network (``best``, ``target``); when the live network
-    fits too, the copies are passed over.
+    A checkpoint may hold copies of its network: ``best`` (the weights of the best validation or
+    evaluation, which ``fovea eval`` reports) is preferred to the live network, and an agent's lagging
+    ``target`` network is passed over.
     """
     from fovea.checkpoint import load_tensors
     from fovea.errors import CheckpointError
@@ -42,9 +43,10 @@ def load_weights(module: nn.Module, source: str | Path, prefix: str | None = Non
         return all(key(k) in tensors and tensors[key(k)].shape == v.shape for k, v in target.items())
 
     matches = sorted(p for p in prefixes if fits(p))
-    live = [p for p in matches if p.split(".", 1)[0] not in COPIES]
-    if len(matches) > 1 and len(live) == 1:
-        matches = live
+    for keep in (lambda p: p.split(".", 1)[0] == PREFERRED, lambda p: p.split(".", 1)[0] != LAGGING):
+        chosen = [p for p in matches if keep(p)]
+        if len(matches) > 1 and len(chosen) == 1:
+            matches = chosen
     if not matches:
         tops = sorted({k.rsplit(".", 2)[0] for k in tensors})[:8]
         raise CheckpointError(f"{source} holds no weights that fit this {type(module).__name__} "

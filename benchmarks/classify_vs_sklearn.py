@@ -10,7 +10,8 @@
    can change with the thread count); every disagreement is checked to be such a tie.
 3. Linear classifiers on the digits (when ``vision.linear`` is there): our svm-digits and softmax-digits
    recipes (minibatch SGD) against ``LinearSVC`` (one-vs-rest squared hinge, not the notes' multiclass hinge)
-   and ``LogisticRegression`` (multinomial, L-BFGS), on the same standardised pixels with the same L2 strength.
+   and ``LogisticRegression`` (multinomial, L-BFGS), with scikit-learn's defaults on the pixels scaled to 0..1
+   (the issue's reference: both 90.4% on the test split); ours centre the pixels and use the recipes' settings.
 
     python -m benchmarks.classify_vs_sklearn [--threads N] [--queries 20000] [--stored 50000] [--k 5]
 
@@ -125,25 +126,22 @@ def linear_digits(repeats: int) -> dict | None:
     except ImportError:
         return None
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
     train, val, test = (vdata.load("digits", s) for s in vdata.SPLITS)
-    scaler = StandardScaler().fit(flat(train))
-    x_train, x_test, y_train, y = scaler.transform(flat(train)), scaler.transform(flat(test)), train.labels.numpy(), \
-        test.labels.numpy()  # fmt: skip
+    # The peers as the issue measured them: scikit-learn's defaults (C = 1) on the pixels scaled to 0..1.
+    x_train, x_test = flat(train) / train.max_value, flat(test) / test.max_value
+    y_train, y = train.labels.numpy(), test.labels.numpy()
     out = {}
     for name, peer_cls in (("svm", LinearSVC), ("softmax", LogisticRegression)):
         cfg = get_recipe(f"{name}-digits").config
-        # Ours: mean loss + reg_strength * ||W||^2; scikit-learn: C * summed loss + ||W||^2 / 2.
-        c = 1.0 / (2 * cfg.reg_strength * len(train))
         fit_s, model = timed(lambda cfg=cfg: fit(cfg, train, val, "cpu"), repeats)
         predict_s, pred = timed(lambda model=model: model.predict(test.images).numpy(), repeats)
-        peer = peer_cls(C=c, max_iter=5000)
+        peer = peer_cls(max_iter=5000)
         peer_fit_s, _ = timed(lambda peer=peer: peer.fit(x_train, y_train), repeats)
         peer_predict_s, peer_pred = timed(lambda peer=peer: peer.predict(x_test), repeats)
         acc, peer_acc = float((pred == y).mean()), float((peer_pred == y).mean())
-        out[f"{name}_fit"] = side(fit_s, peer_fit_s, acc, peer_acc, peer=f"{peer_cls.__name__}(C={c:.3g})")
+        out[f"{name}_fit"] = side(fit_s, peer_fit_s, acc, peer_acc, peer=f"{peer_cls.__name__}()")
         out[f"{name}_predict"] = side(predict_s, peer_predict_s, acc, peer_acc)
     return out
 

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 import shutil
 import signal
 import sys
@@ -120,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "search",
         help="random hyperparameter search, coarse to fine: fovea search RECIPE --param lr=log:1e-4:1e-1 --trials 8",
-        usage="fovea search RECIPE --param FIELD=KIND:RANGE [--param ...] [--trials N] [--rounds R] [--metric M] "
+        usage="fovea search RECIPE --param FIELD=KIND:RANGE [--param ...] [--trials N] [--rounds R] [--rank-by FIGURE] "
         "[--name NAME] [run options] [--field VALUE ...]",
         description="Random search over the --param ranges (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, "
         "choice:A|B|C): a coarse round, then rounds narrowed around the best trial. Give a few --epochs per trial. "
@@ -131,7 +132,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a searched field, e.g. lr=log:1e-4:1e-1 (repeat for each)")  # fmt: skip
     q.add_argument("--trials", type=int, default=8, help="trials per round (default: 8)")
     q.add_argument("--rounds", type=int, default=2, help="rounds: the first coarse, the rest finer (default: 2)")
-    q.add_argument("--metric", default="val/acc", help="the figure trials are ranked by (default: val/acc)")
+    q.add_argument("--rank-by", default="val/acc", metavar="FIGURE",
+                   help="the figure trials are ranked by (default: val/acc; losses are minimised)")  # fmt: skip
     q.add_argument("--search-seed", type=int, default=0, help="seeds the sampling of the trials (default: 0)")
     _run_options(q)
     d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, a digits VAE and its samples, "
@@ -362,14 +364,16 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
         apply_overrides(base, [f"--{p.field}", str(p.sample(random.Random(0)))])
     runs_dir = Path(args.runs_dir or "runs")
     name = args.name or f"search-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", name):
+        raise UsageError(f"--name {name!r} is not a valid search name: use letters, digits, '.', '_' and '-'")
     search_dir = runs_dir / name
     if search_dir.exists():
         raise UsageError(f"{search_dir} already exists; pick another --name")
     options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
-    result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.metric,
+    result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.rank_by,
                     seed=args.search_seed, search_dir=search_dir, run_options=options, say=err.print)  # fmt: skip
-    table = Table(title=f"search {recipe.name}: {search_dir} (ranked by {args.metric})", header_style="bold")
-    for col in ("trial", "round", *(p.field for p in params), args.metric):
+    table = Table(title=f"search {recipe.name}: {search_dir} (ranked by {args.rank_by})", header_style="bold")
+    for col in ("trial", "round", *(p.field for p in params), args.rank_by):
         table.add_column(col, justify="right")
     for row in result["trials"]:
         shown = "failed: " + row["error"][:40] if row["metric"] is None else f"{row['metric']:.4f}"
@@ -379,11 +383,11 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
                       for p in params), shown)  # fmt: skip
     out.print(table)
     best = result["best"]
-    out.print(f"best: {best['trial']} {args.metric} {best['metric']:.4f} with "
+    out.print(f"best: {best['trial']} {args.rank_by} {best['metric']:.4f} with "
               + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best["params"].items()))
-    figures = {"search": str(search_dir), "metric": args.metric, "best_metric": best["metric"], "best_run": best["run"],
-               "best_params": best["params"], "trials": [{**r["params"], args.metric: r["metric"]}
-                                                         for r in result["trials"]]}  # fmt: skip
+    trials = [{**r["params"], args.rank_by: r["metric"]} for r in result["trials"]]
+    figures = {"search": str(search_dir), "rank_by": args.rank_by, "best_metric": best["metric"],
+               "best_run": best["run"], "best_params": best["params"], "trials": trials}  # fmt: skip
     print(json.dumps(figures), flush=True)
     return figures
 

@@ -173,6 +173,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str | None = None) -> C
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of field names to values; got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
+    data = cls.upgrade(dict(data)) if hasattr(cls, "upgrade") else data
     for k in data:
         if k not in names:
             raise ConfigError(f"{where} has no field {k!r}; {suggest(k, names)}")

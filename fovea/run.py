@@ -256,12 +256,13 @@ class Run:
         found = checkpoint.list_checkpoints(self.ckpt_dir)
         return found[-1] if found else None
 
-    def restore(self, path: str | Path | None = None) -> bool:
+    def restore(self, path: str | Path | None = None, fallback: dict[str, str] | None = None) -> bool:
         """Load the latest checkpoint (or ``path``) into the tracked objects; False when there is none.
 
         A resumed run also gets back its RNG states, ``run.state``, the step, and metrics.jsonl cut back
         to what it held at that checkpoint (lines after it are logged again as the run redoes them). A
-        checkpoint that cannot be read is reported and the next older one is tried.
+        checkpoint that cannot be read is reported and the next older one is tried. ``fallback`` maps a
+        tracked name to the one an older checkpoint holds instead (``{"best": "model"}``).
         """
         candidates = [Path(path)] if path else checkpoint.list_checkpoints(self.ckpt_dir)[::-1]
         if not candidates:
@@ -271,7 +272,7 @@ class Run:
         errors: list[CheckpointError] = []
         for p in candidates:
             try:
-                offset = self._load(p)
+                offset = self._load(p, fallback or {})
             except CheckpointError as e:
                 errors.append(e)
                 self.say(f"Cannot resume from {p.name}: {e}")
@@ -282,12 +283,13 @@ class Run:
             return True
         raise errors[0]
 
-    def _load(self, path: Path) -> int:
+    def _load(self, path: Path, fallback: dict[str, str]) -> int:
         """Load one checkpoint into the tracked objects; returns its metrics.jsonl offset."""
         state, _ = checkpoint.load(path, expect={"config_class": self.meta["config_class"]})
         objs = state.get("objects") if isinstance(state, dict) else None
         if not isinstance(objs, dict):
             raise CheckpointError(f"{path} is malformed: it holds no objects")
+        objs = {**{k: objs[v] for k, v in fallback.items() if k not in objs and v in objs}, **objs}
         missing = sorted(set(self._objects) - set(objs))
         if missing:
             raise CheckpointError(f"{path} holds no {', '.join(missing)}: it was written by another model")

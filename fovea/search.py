@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,13 @@ class Param:
             v = math.exp(rng.uniform(math.log(self.lo), math.log(self.hi)))
         else:
             v = rng.uniform(self.lo, self.hi)
-        return max(int(self.lo), min(int(self.hi), round(v))) if self.kind in ("int", "logint") else float(f"{v:.3g}")
+        if self.kind in ("int", "logint"):
+            return max(math.ceil(self.lo), min(math.floor(self.hi), round(v)))
+        return min(self.hi, max(self.lo, float(f"{v:.3g}")))  # 3 significant digits, kept inside the range
 
     def narrowed(self, best: Any, shrink: float = 0.25) -> Param:
-        """The fine round's range: ``shrink`` of the coarse width (in log space for log kinds), centred on
-        ``best`` and kept inside the coarse range. Choices stay as they are."""
+        """The next round's range: ``shrink`` of this range's width (in log space for log kinds), centred on
+        ``best`` and kept inside this range. Choices stay as they are."""
         if self.kind == "choice":
             return self
         log = self.kind in ("log", "logint")
@@ -102,9 +105,11 @@ def maximise(metric: str) -> bool:
 
 def search(recipe, base: Config, params: list[Param], *, trials: int, rounds: int, metric: str, seed: int,
            search_dir: Path, run_options: dict[str, Any], say=print) -> dict[str, Any]:  # fmt: skip
-    """Run ``rounds`` rounds of ``trials`` random trials each (the first coarse, each next one narrowed around
-    the best so far) and return the table of trials and the best."""
-    from fovea.run import Interrupted, Run
+    """Run ``rounds`` rounds of ``trials`` random trials each (the first coarse, each next one in a quarter of
+    the previous range around the best so far) and return the table of trials and the best. A trial that
+    diverges is recorded as failed; any other error stops the search with a one-line message."""
+    from fovea.errors import RunError
+    from fovea.run import Run
 
     rng = random.Random(seed)
     sign = 1.0 if maximise(metric) else -1.0
@@ -120,8 +125,11 @@ def search(recipe, base: Config, params: list[Param], *, trials: int, rounds: in
             values = {p.field: p.sample(rng) for p in params}
             name = f"trial-{len(table):02d}"
             overrides = [a for f, v in values.items() for a in (f"--{f}", str(v))]
-            cfg = apply_overrides(base, overrides)
             row: dict[str, Any] = {"trial": name, "round": r + 1, "params": values}
+            try:
+                cfg = apply_overrides(base, overrides)
+            except ConfigError as e:
+                raise UsageError(f"trial {name} with {' '.join(overrides)}: {e} (narrow that --param range)") from None
             run = Run(recipe.name, cfg, name=name, runs_dir=search_dir, **run_options)
             try:
                 with run:
@@ -129,14 +137,16 @@ def search(recipe, base: Config, params: list[Param], *, trials: int, rounds: in
                     run.finish(figures)
                 if metric not in figures:
                     known = ", ".join(k for k, v in figures.items() if isinstance(v, int | float))
-                    raise UsageError(f"--metric {metric!r} is not among the figures {recipe.name} reports: {known}")
+                    raise UsageError(f"--rank-by {metric!r} is not among the figures {recipe.name} reports: {known}")
                 row["metric"] = float(figures[metric])
-            except Interrupted:
-                raise
-            except FoveaError as e:  # a diverged trial is a result of a coarse search, not a failure of it
+            except RunError as e:  # a diverged trial is a result of a coarse search, not a failure of it
+                row["metric"], row["error"] = None, str(e).splitlines()[0][:200]
+            except (FoveaError, ValueError) as e:  # a value the model cannot take (e.g. a resnet depth): say which
+                if run.untouched():
+                    shutil.rmtree(run.dir, ignore_errors=True)
                 if isinstance(e, UsageError):
                     raise
-                row["metric"], row["error"] = None, str(e).splitlines()[0][:200]
+                raise UsageError(f"trial {name} with {' '.join(overrides)}: {e}") from None
             row["run"] = str(run.dir)
             table.append(row)
             with open(log_path, "a") as fh:

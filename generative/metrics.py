@@ -80,14 +80,14 @@ class FeatureSpace:
             raise ConfigError(f"--classifier {run_dir} is a {doc['recipe']} run, not a classifier "
                               f"(train one with `fovea train {FEATURE_RECIPE}`)")  # fmt: skip
         ccfg = from_dict(type(recipe.config), doc["config"])
-        data = vdata.load(ccfg.dataset, "test")
+        data = vdata.load(ccfg.dataset, "test", data_dir=ccfg.data_dir or None)
         if data.shape != tuple(shape) or data.max_value != max_value:
             raise ConfigError(f"--classifier {run_dir} classifies {ccfg.dataset} images {data.shape} in "
                               f"0..{data.max_value}; the samples are {tuple(shape)} in 0..{max_value}")  # fmt: skip
         model = classify.build(ccfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(device)
         crun = Run(doc["recipe"], ccfg, run_dir=run_dir, device=str(device), evaluate=True)
-        crun.track(model=model)
-        if not crun.restore():
+        crun.track(best=model)  # the weights of the best validation accuracy, which its eval reports
+        if not crun.restore(fallback={"best": "model"}):
             raise ConfigError(f"--classifier {run_dir} has no checkpoint; train it first")
         return cls(model, Path(run_dir))
 

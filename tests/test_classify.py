@@ -155,7 +155,7 @@ def test_search_runs_coarse_then_fine_trials_and_reports_the_best(in_tmp, capsys
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--param", "lr=log:1e-4:1e-1", "--metric", "val/nope"], "--metric 'val/nope' is not among the figures"),
+    (["--param", "lr=log:1e-4:1e-1", "--rank-by", "val/nope"], "--rank-by 'val/nope' is not among the figures"),
     (["--param", "nope=log:1e-4:1e-1"], "unknown option --nope"),
     (["--param", "lr=log:1e-4"], "needs two numbers"),
     ([], "give at least one --param"),
@@ -188,3 +188,46 @@ def test_neural_classifier_bands(recipe, band, in_tmp, capsys):
     assert main(["train", recipe, "--name", "b", "--wandb", "disabled"]) == 0
     figures = last_json(capsys.readouterr().out)
     assert figures["test/acc"] >= band, figures
+
+
+def test_an_early_stopped_run_stays_stopped_on_resume(in_tmp, capsys):
+    args = ["--wandb", "disabled", "--epochs", "10", "--patience", "2", "--lr", "1e-9", *TINY_CNN]
+    assert main(["train", "cnn-digits", "--name", "e", *args]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "runs/e"]) == 0  # the same patience: nothing more to train
+    out = capsys.readouterr()
+    assert "stopped early at epoch 3" in out.err and last_json(out.out)["epochs"] == 3
+    assert len(metrics(in_tmp / "runs/e")) == 3
+
+
+def test_a_run_from_before_best_weights_and_augment_still_evaluates_and_resumes(in_tmp, capsys):
+    from fovea import checkpoint
+
+    assert main(["train", "cnn-digits", "--name", "old", "--wandb", "disabled", "--epochs", "2", *TINY_CNN]) == 0
+    run = in_tmp / "runs/old"
+    doc = json.loads((run / "config.json").read_text())  # the config as it was written before
+    del doc["config"]["augment"], doc["config"]["patience"], doc["config"]["train_limit"]
+    doc["config"]["augment_shift"] = 1
+    (run / "config.json").write_text(json.dumps(doc))
+    (ckpt,) = checkpoint.list_checkpoints(run / "checkpoints")
+    state, meta = checkpoint.load(ckpt)
+    state["objects"]["model"] = state["objects"].pop("best")  # and its checkpoint held only `model`
+    checkpoint.save(ckpt, state, meta)
+    capsys.readouterr()
+    assert main(["eval", "runs/old", "--wandb", "disabled"]) == 0
+    assert 0 <= last_json(capsys.readouterr().out)["test/acc"] <= 1
+    assert main(["train", "--resume", "runs/old", "--epochs", "3"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["augment"] == "shift:1"
+
+
+def test_search_values_stay_inside_their_range_and_a_value_the_model_refuses_is_one_line(in_tmp, capsys):
+    import random
+
+    rng = random.Random(1)
+    assert all(0.9 <= Param.parse("m=uniform:0.9:0.9999").sample(rng) <= 0.9999 for _ in range(500))
+    assert main(["search", "resnet-digits", "--param", "backbone.depth=int:8:9", "--trials", "4", "--rounds", "1",
+                 "--name", "s", "--wandb", "disabled", "--epochs", "1"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "depth=9 does not fit" in err and "Traceback" not in err
+    assert not any(p.name.startswith("trial") and not (p / "summary.json").exists()
+                   for p in (in_tmp / "runs/s").iterdir())  # fmt: skip

@@ -193,3 +193,21 @@ def test_knn_cifar10_on_a_tiny_cifar(in_tmp, capsys):
     assert {"cv/acc_k1", "cv/acc_k3", "cv/acc_k16", "val/acc", "test/acc"} <= set(figures)
     assert main(["eval", "runs/c", "--wandb", "disabled"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test/acc"] == figures["test/acc"]
+
+
+def test_a_chosen_k_survives_the_checkpoint(in_tmp, capsys):
+    assert main(["train", "knn-digits", "--name", "k3", "--k", "3", "--wandb", "disabled"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", "runs/k3", "--wandb", "disabled"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["k"] == evaluated["k"] == 3 and evaluated["test/acc"] == trained["test/acc"]
+
+
+def test_too_many_stored_pixels_for_exact_keys_is_a_one_line_error():
+    from fovea.errors import ConfigError
+    from vision.knn import KNN
+
+    big = torch.zeros(1, 3, 2048, 2048, dtype=torch.uint8).expand(200_000, -1, -1, -1)  # no memory: a view
+    model = KNN(big, torch.zeros(200_000, dtype=torch.long), 10, 255)
+    with pytest.raises(ConfigError, match="--train-limit"):
+        model.kneighbors(big[:1])

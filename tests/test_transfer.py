@@ -16,10 +16,10 @@ from fovea.errors import CheckpointError
 def test_backbone_weights_move_from_a_run(in_tmp):
     assert main(["train", "cnn-digits", "--name", "src", "--wandb", "disabled", "--epochs", "1", *TINY_CNN]) == 0
     net = backbones.build("convnet", (1, 8, 8), widths=(8, 16))
-    assert load_weights(net, in_tmp / "runs/src") == "model.backbone"
+    assert load_weights(net, in_tmp / "runs/src") == "best.backbone"  # the kept best weights, not the last
     saved, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/src/checkpoints")[-1])
     for k, v in net.state_dict().items():
-        assert torch.equal(v, saved["objects"]["model"][f"backbone.{k}"])
+        assert torch.equal(v, saved["objects"]["best"][f"backbone.{k}"])
     freeze(net)
     assert not any(p.requires_grad for p in net.parameters())
     unfreeze(net)

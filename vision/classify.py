@@ -139,6 +139,14 @@ class ClassifierConfig(Config):
         if self.freeze_backbone and not self.backbone_from:
             raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
 
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """A config.json written before ``augment`` replaced ``augment_shift`` (shift:N is the same thing)."""
+        if "augment_shift" in data:
+            shift = data.pop("augment_shift")
+            data.setdefault("augment", f"shift:{shift}" if shift else "")
+        return data
+
     def sanity_check(self) -> ClassifierConfig:
         """The config ``--overfit-batch`` trains with: no weight decay, dropout, augmentation or smoothing, and
         a constant learning rate."""
@@ -235,6 +243,11 @@ def report(run: Run, model: nn.Module, split: vdata.ImageData, key: str = "test"
     return {**figures, "confusion": res["confusion"]}
 
 
+def stopped_early(cfg: ClassifierConfig, run: Run) -> bool:
+    """True once ``patience`` epochs have passed without a better validation accuracy."""
+    return bool(cfg.patience) and run.step - run.state.get("best_epoch", run.step) >= cfg.patience
+
+
 def train(cfg: ClassifierConfig, run: Run) -> dict:
     """Train on the train split and validate every epoch, keeping the weights of the best validation
     accuracy (with early stopping after ``patience`` epochs without one); report their test accuracy."""
@@ -249,12 +262,17 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
     shuffle = torch.Generator().manual_seed(cfg.seed)
     run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle)
-    run.restore()
+    run.restore(fallback={"best": "model"})  # a run from before best weights were kept: its last ones
     augment, ratios = augmenter(cfg.augment), UpdateRatios(model)
-    for epoch in run.loop(cfg.epochs, unit="epoch", show="val/acc"):
+    if stopped_early(cfg, run):
+        run.say(f"{run.dir} stopped early at epoch {run.step} (no better val/acc for {cfg.patience} epochs); "
+                f"raise --patience (or set it to 0) to train on.")  # fmt: skip
+    for epoch in run.loop(run.step if stopped_early(cfg, run) else cfg.epochs, unit="epoch", show="val/acc"):
         start, seen, logged = time.perf_counter(), 0, {}
         sums = torch.zeros(2, device=run.device)  # loss, correct (summed on the device: no sync per batch)
         for images, labels in vdata.batches(tr, cfg.batch_size, shuffle):
+            if len(labels) == 1 < len(tr):  # batch norm cannot train on one image: drop a last batch of one
+                continue
             out = model.loss((augment(images, shuffle), labels), cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -276,7 +294,7 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
                  "val/acc": val["acc"], "val/best_acc": run.state["best_val_acc"],
                  "train/lr": optimizer.param_groups[0]["lr"],
                  "perf/samples_per_s": seen / (time.perf_counter() - start), **logged})  # fmt: skip
-        if cfg.patience and epoch - run.state["best_epoch"] >= cfg.patience and epoch < cfg.epochs:
+        if stopped_early(cfg, run) and epoch < cfg.epochs:
             run.stop_loop()
             run.say(f"Early stop at epoch {epoch}: no better val/acc for {cfg.patience} epochs "
                     f"(best {run.state['best_val_acc']:.4f} at epoch {run.state['best_epoch']}).")  # fmt: skip
@@ -298,7 +316,7 @@ def load_trained(cfg: ClassifierConfig, run: Run, data: vdata.ImageData) -> Clas
     """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
     model = build(cfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(run.device)
     run.track(best=model)
-    if not run.restore():
+    if not run.restore(fallback={"best": "model"}):
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
     return model.eval()
 

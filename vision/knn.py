@@ -178,8 +178,10 @@ class KNN(nn.Module):
         if not 1 <= k <= n:
             raise ValueError(f"k = {k} needs 1 <= k <= {n}, the number of stored images")
         dims = self.images[0].numel()
-        if 3 * n * dims * self.max_value ** (2 if self.metric == "l2" else 1) >= 2**53:
-            raise ValueError(f"{n} stored images of {dims} pixels up to {self.max_value} are beyond exact float64 keys")
+        m = 3 * n * dims * self.max_value ** (2 if self.metric == "l2" else 1)
+        if m >= 2**53:
+            raise ConfigError(f"{n} stored images of {dims} pixels up to {self.max_value} are too many for exact "
+                              f"distances; store fewer with --train-limit (at most about {n * 2**53 // m:,})")
         dtype, out = self._dtype(), images.device
         if not len(images):
             return torch.zeros(0, k, device=out), torch.zeros(0, k, dtype=torch.int64, device=out)
