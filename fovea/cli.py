@@ -284,25 +284,26 @@ def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wa
 
 def sample_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
                project: str = "fovea") -> dict:  # fmt: skip
-    recipe, cfg, run = open_run(run_dir, device, "sample")
-    run.attach_tracker(wandb, project)
-    with run:
-        figures = recipe.task.sample(cfg, run, **options)
-    figures = {"run": str(run.dir), "step": run.step, **figures}
-    print_figures(f"sample {run.dir}", figures)
-    return figures
+    """``fovea sample``: a grid of a generative model's samples."""
+    return act_on_run("sample", run_dir, options, device=device, wandb=wandb, project=project)
 
 
 def explain_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
                 project: str = "fovea") -> dict:  # fmt: skip
     """``fovea explain``: one picture of what a classifier learned (``options['what']``), as a PNG in the run
     folder (or ``options['output']``) and on W&B, with the figures that describe it."""
-    recipe, cfg, run = open_run(run_dir, device, "explain")
+    return act_on_run("explain", run_dir, options, device=device, wandb=wandb, project=project)
+
+
+def act_on_run(action: str, run_dir: str | Path, options: dict, *, device: str, wandb: str, project: str) -> dict:
+    """Open ``run_dir`` read-only, call its task's ``action`` (sample or explain) with its tracker attached,
+    print the figures."""
+    recipe, cfg, run = open_run(run_dir, device, action)
     run.attach_tracker(wandb, project)
     with run:
-        figures = recipe.task.explain(cfg, run, **options)
+        figures = getattr(recipe.task, action)(cfg, run, **options)
     figures = {"run": str(run.dir), "step": run.step, **figures}
-    print_figures(f"explain {run.dir}", figures)
+    print_figures(f"{action} {run.dir}", figures)
     return figures
 
 

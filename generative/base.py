@@ -141,10 +141,7 @@ class GenConfig(Config):
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
 
     def validate(self) -> None:
-        try:
-            vdata.check_name(self.dataset)
-        except ConfigError as e:
-            raise ConfigError(f"{type(self).__name__}.dataset = {self.dataset!r} is not allowed: {e}") from None
+        vdata.check_dataset_field(self)
 
 
 def load_split(cfg: GenConfig, split: str, run: Run | None = None) -> vdata.ImageData:

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from vision import data as vdata
 from vision.explain import explainer
 from vision.plots import confusion_png
 from vision.practice import UpdateRatios, augmenter, initialise, parse_augment
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class Classifier(nn.Module):
@@ -131,10 +133,7 @@ class ClassifierConfig(Config):
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
 
     def validate(self) -> None:
-        try:
-            vdata.check_name(self.dataset)
-        except ConfigError as e:
-            raise ConfigError(f"ClassifierConfig.dataset = {self.dataset!r} is not allowed: {e}") from None
+        vdata.check_dataset_field(self)
         parse_augment(self.augment)
         if self.freeze_backbone and not self.backbone_from:
             raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
@@ -315,8 +314,14 @@ def evaluate(cfg: ClassifierConfig, run: Run) -> dict:
 def load_trained(cfg: ClassifierConfig, run: Run, data: vdata.ImageData) -> Classifier:
     """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
     model = build(cfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(run.device)
-    run.track(best=model)
-    if not run.restore(fallback={"best": "model"}):
+    return restored(run, model, "best", fallback={"best": "model"})  # a run from before best weights: its last
+
+
+def restored(run: Run, model: M, name: str = "model", fallback: dict[str, str] | None = None) -> M:
+    """``model`` loaded from ``run``'s latest checkpoint, where it is tracked as ``name``, in eval mode; a run
+    with no checkpoint is a ConfigError saying so."""
+    run.track(**{name: model})
+    if not run.restore(fallback=fallback):
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
     return model.eval()
 

@@ -135,6 +135,14 @@ def check_name(name: str) -> None:
     _resolve(name)
 
 
+def check_dataset_field(cfg: Any) -> None:
+    """``check_name`` of a config's ``dataset`` field, the error naming the field (``KNNConfig.dataset = ...``)."""
+    try:
+        _resolve(cfg.dataset)
+    except ConfigError as e:
+        raise ConfigError(f"{type(cfg).__name__}.dataset = {cfg.dataset!r} is not allowed: {e}") from None
+
+
 def data_root(data_dir: str | Path | None = None) -> Path:
     """Where downloaded data sets live: ``data_dir``, else $FOVEA_DATA, else ./data."""
     return Path(data_dir or os.environ.get("FOVEA_DATA") or "data").expanduser()

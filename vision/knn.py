@@ -28,7 +28,7 @@ from fovea.config import Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
 from vision import data as vdata
-from vision.classify import evaluate_split, report
+from vision.classify import evaluate_split, report, restored
 from vision.explain import explainer
 
 MIN_SHARE = 1e-6
@@ -61,10 +61,7 @@ class KNNConfig(Config):
     """Seeds every RNG (kNN itself draws no random numbers: folds are consecutive blocks)."""
 
     def validate(self) -> None:
-        try:
-            vdata.check_name(self.dataset)
-        except ConfigError as e:
-            raise ConfigError(f"KNNConfig.dataset = {self.dataset!r} is not allowed: {e}") from None
+        vdata.check_dataset_field(self)
         if not self.k_choices or min(self.k_choices) < 1:
             raise ConfigError(
                 f"KNNConfig.k_choices = {self.k_choices!r} is not allowed: give one or more k >= 1, e.g. 1,3,5,10"
@@ -365,10 +362,7 @@ def load_trained(cfg: KNNConfig, run: Run, data: vdata.ImageData) -> KNN:
     empty = torch.empty(0, *data.shape, dtype=torch.uint8)
     knn = KNN(empty, torch.empty(0, dtype=torch.int64), len(data.classes), data.max_value, 1, cfg.metric,
               cfg.query_batch, cfg.point_batch).to(run.device)  # fmt: skip
-    run.track(model=knn)
-    if not run.restore():
-        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    return knn.eval()
+    return restored(run, knn)
 
 
 register_task(KNNConfig, train, evaluate, explain=explainer(load_trained))

@@ -85,10 +85,7 @@ class LinearConfig(Config):
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
 
     def validate(self) -> None:
-        try:
-            vdata.check_name(self.dataset)
-        except ConfigError as e:
-            raise ConfigError(f"LinearConfig.dataset = {self.dataset!r} is not allowed: {e}") from None
+        vdata.check_dataset_field(self)
         try:
             vfeat.parse(self.features)
         except ConfigError as e:
@@ -273,10 +270,7 @@ def evaluate(cfg: LinearConfig, run: Run) -> dict:
 def load_trained(cfg: LinearConfig, run: Run, data: vdata.ImageData) -> LinearClassifier:
     """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
     model = build(cfg, data.shape, len(data.classes), data.max_value).to(run.device)
-    run.track(model=model)
-    if not run.restore():
-        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    return model.eval()
+    return classify.restored(run, model)
 
 
 register_task(LinearConfig, train, evaluate, explain=explainer(load_trained))
