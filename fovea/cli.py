@@ -1,4 +1,4 @@
-"""The ``fovea`` command: recipes, train, eval, sample, explain, demo, backbones.
+"""The ``fovea`` command: recipes, train, eval, sample, explain, detect, search, demo, backbones.
 
 Every command that computes figures prints a readable table, then, as its last line, the same
 figures as one JSON object. A user's mistake gets one line naming the problem and the fix, and a
@@ -118,6 +118,17 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode for the picture (default: auto)")  # fmt: skip
     x.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    g = sub.add_parser("detect", help="draw a detector's boxes on image files: fovea detect runs/NAME a.png -o out/",
+                       allow_abbrev=False)  # fmt: skip
+    g.add_argument("run_dir")
+    g.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), resized for the model")
+    g.add_argument("-o", "--output", metavar="OUT_DIR",
+                   help="folder for the pictures and detections.json (default: runs/NAME/detections/)")  # fmt: skip
+    g.add_argument("--threshold", type=float, default=0.5, help="boxes scored below this are not drawn (default: 0.5)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--wandb", default="disabled", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode (default: disabled; the pictures are files)")  # fmt: skip
+    g.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
     q = sub.add_parser(
         "search",
         help="random hyperparameter search, coarse to fine: fovea search RECIPE --param lr=log:1e-4:1e-1 --trials 8",
@@ -137,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--search-seed", type=int, default=0, help="seeds the sampling of the trials (default: 0)")
     _run_options(q)
     d = sub.add_parser("demo", help="about a minute on embedded data: a digits CNN, a digits VAE and its samples, "
-                                    "then a DQN agent on Catch pixels")
+                                    "a digits detector, then a DQN agent on Catch pixels")
     _run_options(d)
     return p
 
@@ -249,9 +260,16 @@ def cmd_explain(args: argparse.Namespace) -> dict:
     return explain_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
 
 
+def cmd_detect(args: argparse.Namespace) -> dict:
+    if not 0 <= args.threshold < 1:
+        raise UsageError(f"--threshold {args.threshold} must be in [0, 1)")
+    options = {"images": args.images, "output": args.output, "threshold": args.threshold}
+    return act_on_run("detect", args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+
+
 def open_run(run_dir: str | Path, device: str, action: str):
-    """The recipe, config and read-only Run of ``run_dir``, for ``action`` (``evaluate``, ``sample`` or
-    ``explain``)."""
+    """The recipe, config and read-only Run of ``run_dir``, for ``action`` (``evaluate``, ``sample``, ``explain``
+    or ``detect``)."""
     from fovea.config import from_dict, get_recipe
     from fovea.run import Run, read_run
 
@@ -260,7 +278,8 @@ def open_run(run_dir: str | Path, device: str, action: str):
     recipe = get_recipe(doc["recipe"])
     if getattr(recipe.task, action) is None:
         why = {"evaluate": "has no evaluation", "sample": "is not a generative model: it has nothing to sample",
-               "explain": "has nothing to explain (explanations are for classifiers)"}[action]  # fmt: skip
+               "explain": "has nothing to explain (explanations are for classifiers)",
+               "detect": "is not a detector (fovea detect is for detect-digits, ...)"}[action]  # fmt: skip
         raise UsageError(f"recipe {recipe.name!r} {why}")
     cfg = from_dict(type(recipe.config), doc["config"])
     return recipe, cfg, Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
@@ -296,7 +315,7 @@ def explain_run(run_dir: str | Path, options: dict, *, device: str = "auto", wan
 
 
 def act_on_run(action: str, run_dir: str | Path, options: dict, *, device: str, wandb: str, project: str) -> dict:
-    """Open ``run_dir`` read-only, call its task's ``action`` (sample or explain) with its tracker attached,
+    """Open ``run_dir`` read-only, call its task's ``action`` (sample, explain or detect) with its tracker attached,
     print the figures."""
     recipe, cfg, run = open_run(run_dir, device, action)
     run.attach_tracker(wandb, project)
@@ -308,11 +327,13 @@ def act_on_run(action: str, run_dir: str | Path, options: dict, *, device: str, 
 
 
 DEMO_VAE_EPOCHS = 40  # of vae-digits' 100: about 15 s, samples already clearly digits
+DEMO_DETECTOR = ["--train-images", "1500", "--epochs", "3", "--eval-images", "200"]  # of 4000 x 8: boxes already right
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The three things Fovea is for, on embedded data, in about a minute: a CNN classifying the 8x8
-    digits, a VAE sampling new ones, then a DQN agent learning Catch from pixels, recorded on video."""
+    digits, a VAE sampling new ones, a detector finding digits on canvases, then a DQN agent learning Catch
+    from pixels, recorded on video."""
     base = args.name
     args.recipe, args.resume = "cnn-digits", None
     figures = train_recipe(args, [], demo=True)
@@ -322,19 +343,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
     vae_dir = Path(vae["run"])
     grid = sample_run(vae_dir, {"n": 64, "output": str(vae_dir / "samples" / "demo_grid.png")}, device=args.device,
                       wandb=args.wandb, project=args.project)  # fmt: skip
+    args.recipe, args.name = "detect-digits", f"{base}-detector" if base else None
+    detector = train_recipe(args, DEMO_DETECTOR, demo=True)
+    detector_dir = Path(detector["run"])
+    detections = evaluate_run(detector_dir, {}, device=args.device, wandb=args.wandb, project=args.project)
     args.recipe, args.name = "dqn-catch", f"{base}-agent" if base else None
     agent = train_recipe(args, [], demo=True)
     agent_dir = Path(agent["run"])
     watched = evaluate_run(agent_dir, {"video": True}, device=args.device, wandb=args.wandb, project=args.project)
     caught = (agent["eval/mean_return"] + 1) / 2  # +1 caught, -1 missed
-    seconds = figures["wall_s"] + vae["wall_s"] + agent["wall_s"]
+    seconds = figures["wall_s"] + vae["wall_s"] + detector["wall_s"] + agent["wall_s"]
     err.print(f"\n[bold]Demo done[/bold] in {seconds:.0f} s of training.")
     err.print(f"  classifier     {run_dir}/: test accuracy {figures['test/acc']:.1%} on the 8x8 digits")
     err.print(f"  generator      {vae_dir}/: a VAE, {vae['val/nll_nats']:.1f} nats per validation image (IWAE)")
     err.print(f"  sample grid    {grid['output']}")
+    err.print(f"  detector       {detector_dir}/: FCOS, mAP@.5 {detections['test/map_50']:.2f} and mAP@[.5:.95] "
+              f"{detections['test/map']:.2f} on canvases of 1-5 digits")
+    err.print(f"  detections     {detections['detections_png']}")
     err.print(f"  agent          {agent_dir}/: catches the ball in {caught:.0%} of {agent['eval/episodes']} games")
     err.print(f"  agent video    {watched['video']}")
-    for d in (run_dir, vae_dir, agent_dir):
+    for d in (run_dir, vae_dir, detector_dir, agent_dir):
         wb = sorted((d / "wandb").glob("offline-run-*"))
         if wb:
             err.print(f"  W&B (offline)  upload with: wandb sync {wb[-1]}")
@@ -435,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_sample(args)
         elif args.command == "explain":
             cmd_explain(args)
+        elif args.command == "detect":
+            cmd_detect(args)
         elif args.command == "search":
             cmd_search(args, rest)
         elif args.command == "demo":

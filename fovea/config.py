@@ -292,13 +292,15 @@ def _is_number(s: str) -> bool:
 class Task:
     """How a family of configs is trained and evaluated: ``train(config, run) -> figures``,
     ``evaluate(config, run, **options) -> figures``, for generative models
-    ``sample(config, run, **options) -> figures``, and for classifiers
-    ``explain(config, run, what, **options) -> figures`` (pictures of what the model learned)."""
+    ``sample(config, run, **options) -> figures``, for classifiers
+    ``explain(config, run, what, **options) -> figures`` (pictures of what the model learned), and for detectors
+    ``detect(config, run, images, **options) -> figures`` (detections drawn on image files)."""
 
     train: Callable[..., dict]
     evaluate: Callable[..., dict] | None = None
     sample: Callable[..., dict] | None = None
     explain: Callable[..., dict] | None = None
+    detect: Callable[..., dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -318,9 +320,10 @@ _RECIPES: dict[str, Recipe] = {}
 
 def register_task(config_cls: type[Config], train: Callable[..., dict], evaluate: Callable[..., dict] | None = None,
                   sample: Callable[..., dict] | None = None, *,
-                  explain: Callable[..., dict] | None = None) -> None:  # fmt: skip
-    """Tie a config class to the functions that train, evaluate (and sample from, or explain) it."""
-    _TASKS[config_cls] = Task(train, evaluate, sample, explain)
+                  explain: Callable[..., dict] | None = None,
+                  detect: Callable[..., dict] | None = None) -> None:  # fmt: skip
+    """Tie a config class to the functions that train, evaluate (and sample from, explain or detect with) it."""
+    _TASKS[config_cls] = Task(train, evaluate, sample, explain, detect)
 
 
 def register_recipe(name: str, config: Config, description: str) -> None:

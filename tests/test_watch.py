@@ -82,7 +82,7 @@ def test_eval_refuses_saliency_on_state_vectors_and_bad_episodes(in_tmp, capsys)
 
 
 @pytest.mark.slow
-def test_demo_trains_a_classifier_a_vae_and_an_agent_and_leaves_samples_and_a_video(in_tmp, capsys):
+def test_demo_trains_a_classifier_a_vae_a_detector_and_an_agent_and_leaves_pictures_and_a_video(in_tmp, capsys):
     assert main(["demo", "--name", "d"]) == 0
     err = capsys.readouterr().err
     figures = json.loads((in_tmp / "runs/d-agent/summary.json").read_text())
@@ -91,6 +91,9 @@ def test_demo_trains_a_classifier_a_vae_and_an_agent_and_leaves_samples_and_a_vi
     assert json.loads((in_tmp / "runs/d-vae/summary.json").read_text())["val/nll_nats"] < 100
     grid = in_tmp / "runs/d-vae/samples/demo_grid.png"
     assert grid.exists() and f"sample grid    {grid.relative_to(in_tmp)}" in err
+    detections = json.loads((in_tmp / "runs/d-detector/eval.json").read_text())
+    assert detections["test/map_50"] > 0.5
+    assert Path(in_tmp / detections["detections_png"]).exists() and "detections     runs/d-detector/eval/" in err
     videos = list((in_tmp / "runs/d-agent/videos").glob("play-*.mp4"))
     assert len(videos) == 1 and f"agent video    {videos[0].relative_to(in_tmp)}" in err
     assert "wandb sync runs/d-agent/wandb/offline-run-" in err

@@ -1,6 +1,6 @@
-"""Vision: datasets (shared with generative models), classification and, later, detection.
+"""Vision: datasets (shared with generative models), classification and detection.
 
 Importing the package registers its recipes (``cnn-digits``, ...).
 """
 
-from vision import classify, data, knn, linear  # noqa: F401
+from vision import classify, data, detect, knn, linear  # noqa: F401
