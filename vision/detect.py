@@ -557,13 +557,13 @@ def picture(data: ddata.DetectionData, predictions: list[dict], n: int = 8, thre
 
 
 def _draw_on(rgb: np.ndarray, pred: dict, classes: Sequence[str], upscale: float, width: int = 2) -> np.ndarray:
-    """Predicted boxes with '<class> <score>' drawn on an (H, W, 3) uint8 picture already ``upscale`` times the
+    """Predicted boxes with '<class>: <score>' drawn on an (H, W, 3) uint8 picture already ``upscale`` times the
     image's size."""
     from torchvision.utils import draw_bounding_boxes
 
     if len(pred["boxes"]) == 0:
         return rgb
-    names = [f"{classes[int(k)]} {float(s):.2f}" for k, s in zip(pred["labels"], pred["scores"], strict=True)]
+    names = [f"{classes[int(k)]}: {float(s):.2f}" for k, s in zip(pred["labels"], pred["scores"], strict=True)]
     image = torch.from_numpy(rgb).permute(2, 0, 1)
     drawn = draw_bounding_boxes(image, pred["boxes"].float() * upscale, names, colors=PRED_COLOR, width=width,
                                 label_colors="white", label_background_colors=PRED_COLOR, fill_labels=True)  # fmt: skip
