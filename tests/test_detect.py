@@ -325,7 +325,7 @@ def band(tmp_path, monkeypatch, recipe: str, *overrides: str) -> dict:
 def test_detect_digits_band(tmp_path, monkeypatch):
     """The one-stage detector on a CI budget: 2 of the recipe's 8 epochs (the full recipe's figures are in README)."""
     summary = band(tmp_path, monkeypatch, "detect-digits", "--epochs", "2")
-    assert summary["test/map_50"] >= 0.75 and summary["test/map"] >= 0.5, summary
+    assert summary["test/map_50"] >= 0.7 and summary["test/map"] >= 0.45, summary
 
 
 @pytest.mark.slow

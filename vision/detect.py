@@ -446,7 +446,7 @@ class DetectorConfig(Config):
     augment: str = ""
     """Training augmentation, comma-separated: flip, scale:LO:HI, iou-crop ('' for none; digits are not flipped)."""
     lr: float = param(2e-3, gt=0)
-    """Peak learning rate of AdamW (linear warm-up over the first 10% of steps, then cosine to 0)."""
+    """Peak learning rate of AdamW (linear warm-up over 10% of the steps, at least 100, then cosine to 0)."""
     weight_decay: float = param(1e-4, ge=0)
     """Decoupled weight decay."""
     batch_size: int = param(32, ge=2)
@@ -571,13 +571,14 @@ def _draw_on(rgb: np.ndarray, pred: dict, classes: Sequence[str], upscale: float
 
 
 def warmup_cosine(cfg: DetectorConfig, steps_per_epoch: int):
-    """The learning-rate multiplier at optimizer step t: linear warm-up over the first 10% of the steps (at most
-    one epoch), then cosine to 0 at the last; read from cfg each step, so a run resumed with more --epochs
-    stretches the schedule."""
+    """The learning-rate multiplier at optimizer step t: linear warm-up over the first 10% of the steps but at
+    least 100 (at most one epoch), then cosine to 0 at the last; read from cfg each step, so a run resumed with
+    more --epochs stretches the schedule. FCOS needs the 100: with a 25-step warm-up, 2 epochs of detect-digits
+    reached mAP@.5 0.44 instead of 0.84."""
 
     def factor(t: int) -> float:
         steps = cfg.epochs * steps_per_epoch
-        warm = max(1, min(steps_per_epoch, steps // 10))
+        warm = max(1, min(steps_per_epoch, max(100, steps // 10)))
         if t < warm:
             return (t + 1) / warm
         total = max(steps - warm, 1)
