@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -147,6 +148,27 @@ def parser() -> argparse.ArgumentParser:
                    help="the figure trials are ranked by (default: val/acc; losses are minimised)")  # fmt: skip
     q.add_argument("--search-seed", type=int, default=0, help="seeds the sampling of the trials (default: 0)")
     _run_options(q)
+    w = sub.add_parser(
+        "sweep",
+        help="a W&B sweep whose trials run on every machine with `wandb agent`: fovea sweep RECIPE --param "
+        "lr=log:1e-5:1e-3 --method bayes",
+        usage="fovea sweep RECIPE --param FIELD=KIND:RANGE [--param ...] [--method random|grid|bayes] "
+        "[--metric FIGURE] [--goal maximize|minimize] [--project P] [--name NAME] [-o sweep.yaml] [--device DEV] "
+        "[--field VALUE ...]",
+        description="Write a W&B sweep configuration whose trials are `fovea train RECIPE [--field VALUE ...]` with "
+        "the --param values (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, choice:A|B|C), then print the "
+        "commands that create it and start agents.",
+        allow_abbrev=False,
+    )
+    w.add_argument("--param", action="append", default=[], metavar="FIELD=KIND:RANGE",
+                   help="a swept field, e.g. lr=log:1e-5:1e-3 (repeat for each)")  # fmt: skip
+    w.add_argument("--method", default="random", help="random (default), grid (choices and int ranges) or bayes")
+    w.add_argument("--metric", metavar="FIGURE", help="the figure to optimise (default: the recipe's, e.g. val/acc)")
+    w.add_argument("--goal", help="maximize or minimize (default: minimize losses, maximize the rest)")
+    w.add_argument("--project", default="fovea", help="W&B project of the sweep and its trials (default: fovea)")
+    w.add_argument("--name", help="the sweep's name on W&B (default: RECIPE-METHOD)")
+    w.add_argument("-o", "--output", default="sweep.yaml", help="the configuration to write (default: sweep.yaml)")
+    w.add_argument("--device", help="every trial's --device (default: auto)")
     d = sub.add_parser("demo", help="about 90 s on embedded data: a digits CNN, a digits VAE and its samples, "
                                     "a digits detector, then a DQN agent on Catch pixels")
     _run_options(d)
@@ -201,11 +223,11 @@ def recipe_help(recipe) -> None:
 
 
 def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool = False) -> dict:
+    from fovea import distributed
     from fovea.config import apply_overrides, from_dict, get_recipe
     from fovea.run import Run, read_run
 
     load_tasks()
-    opts = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
     if getattr(args, "resume", None):
         if args.recipe:
             raise UsageError(f"give either a recipe or --resume RUN_DIR, not both (got {args.recipe!r})")
@@ -214,13 +236,27 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
         doc = read_run(args.resume)
         recipe = get_recipe(doc["recipe"])
         cfg = apply_overrides(from_dict(type(recipe.config), doc["config"]), overrides)
-        run = Run(recipe.name, cfg, run_dir=args.resume, resume=True, **opts)
     else:
         if not args.recipe:
             raise UsageError("name a recipe to train, e.g. `fovea train cnn-digits` (`fovea recipes` lists them)")
         recipe = get_recipe(args.recipe)
         cfg = apply_overrides(recipe.config, overrides)
+    if distributed.launched() and not recipe.task.distributed:
+        raise UsageError(f"{recipe.name} does not train under torchrun: generative and classifier recipes do "
+                         f"(agents scale with --num-envs on one process); train it without torchrun")  # fmt: skip
+    device = distributed.setup(args.device)  # under torchrun: join the process group, take this rank's device
+    opts = dict(device=device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
+    if getattr(args, "resume", None):
+        run = Run(recipe.name, cfg, run_dir=args.resume, resume=True, **opts)
+    elif distributed.active():  # rank 0 creates the run (its default name has the time in it); the others join it
+        runs_dir = args.runs_dir or "runs"
+        run = Run(recipe.name, cfg, name=args.name, runs_dir=runs_dir, **opts) if distributed.is_main() else None
+        name = distributed.broadcast(run.name if run else None)
+        run = run or Run(recipe.name, cfg, name=name, runs_dir=runs_dir, **opts)
+    else:
         run = Run(recipe.name, cfg, name=args.name, runs_dir=args.runs_dir or "runs", **opts)
+    if distributed.active():
+        run.say(f"torchrun: {distributed.world_size()} processes, a global batch of {cfg.batch_size} split over them.")
     start = time.perf_counter()
     try:
         with run:
@@ -229,12 +265,14 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
             figures["wall_s"] = round(time.perf_counter() - start, 2)
             run.finish(figures)
     except (FoveaError, ValueError):
-        if not run.resuming and run.untouched():  # e.g. a backbone that cannot take this data: leave no folder
-            shutil.rmtree(run.dir, ignore_errors=True)
+        if run.main and not run.resuming and run.untouched():  # e.g. a backbone that cannot take this data
+            shutil.rmtree(run.dir, ignore_errors=True)  # leave no folder
         raise
     figures = {"run": str(run.dir), **figures}
-    print_figures(f"{recipe.name}: {run.dir}", figures)
+    if run.main:
+        print_figures(f"{recipe.name}: {run.dir}", figures)
     return figures
+
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -424,8 +462,37 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
     return figures
 
 
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> dict:
+    """``fovea sweep``: write the W&B sweep configuration, print the commands that start it, then one JSON line."""
+    from fovea import sweep
+    from fovea.config import get_recipe
+
+    if not args.recipe:
+        raise UsageError("name a recipe to sweep, e.g. `fovea sweep cnn-digits --param lr=log:1e-5:1e-3`")
+    load_tasks()
+    recipe = get_recipe(args.recipe)
+    config = sweep.build(recipe, args.param, overrides, method=args.method, metric=args.metric, goal=args.goal,
+                         project=args.project, name=args.name,
+                         train_args=["--device", args.device] if args.device else [])  # fmt: skip
+    path = sweep.write(config, args.output)
+    create, agent = f"wandb sweep {path}", f"wandb agent {sweep.agent_path(args.project)}"
+    metric, width = config.get("metric"), max(len(create), len(agent)) + 3
+    out.print(f"Wrote {path}: a {args.method} sweep of {recipe.name} over {', '.join(config['parameters'])}"
+              + (f" ({metric['goal']} {metric['name']})" if metric else "") + ". Next:")  # fmt: skip
+    out.print(f"  {create:<{width}}once: registers the sweep with W&B and prints its SWEEP_ID")
+    out.print(f"  {agent:<{width}}on every machine, in an environment where `python -m fovea` works")
+    out.print(f"Every machine running `wandb agent` takes trials until the sweep ends (--count N: stop after N); each "
+              f"trial is a run in runs/{recipe.name}-<W&B run id>/ that reports its figures to W&B.")  # fmt: skip
+    result = {"sweep_config": str(path), "recipe": recipe.name, "method": args.method, "metric": metric,
+              "parameters": config["parameters"], "command": config["command"],
+              "next": [create, agent]}  # fmt: skip
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def _fail(message: str) -> int:
-    err.print(f"[bold red]error:[/bold red] {message}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it once
+        err.print(f"[bold red]error:[/bold red] {message}")
     return 2
 
 
@@ -436,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         p.print_help()
         return 0
-    if args.command in ("train", "search"):  # the recipe comes first; the other words that are not options set fields
+    if args.command in ("train", "search", "sweep"):  # the recipe comes first; the other non-option words set fields
         args.recipe = rest.pop(0) if rest and not rest[0].startswith("-") else None
     elif rest:
         return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
@@ -470,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_detect(args)
         elif args.command == "search":
             cmd_search(args, rest)
+        elif args.command == "sweep":
+            cmd_sweep(args, rest)
         elif args.command == "demo":
             cmd_demo(args)
     except (FoveaError, backbones.BackboneError) as e:
@@ -485,4 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("Interrupted before a checkpoint could be written; resume from the last one with --resume.")
         return 128 + signal.SIGINT
+    finally:
+        from fovea import distributed
+
+        distributed.teardown()
     return 0

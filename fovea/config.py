@@ -294,13 +294,15 @@ class Task:
     ``evaluate(config, run, **options) -> figures``, for generative models
     ``sample(config, run, **options) -> figures``, for classifiers
     ``explain(config, run, what, **options) -> figures`` (pictures of what the model learned), and for detectors
-    ``detect(config, run, images, **options) -> figures`` (detections drawn on image files)."""
+    ``detect(config, run, images, **options) -> figures`` (detections drawn on image files). ``distributed``:
+    its ``train`` runs under torchrun with DistributedDataParallel (fovea.distributed)."""
 
     train: Callable[..., dict]
     evaluate: Callable[..., dict] | None = None
     sample: Callable[..., dict] | None = None
     explain: Callable[..., dict] | None = None
     detect: Callable[..., dict] | None = None
+    distributed: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,9 +323,10 @@ _RECIPES: dict[str, Recipe] = {}
 def register_task(config_cls: type[Config], train: Callable[..., dict], evaluate: Callable[..., dict] | None = None,
                   sample: Callable[..., dict] | None = None, *,
                   explain: Callable[..., dict] | None = None,
-                  detect: Callable[..., dict] | None = None) -> None:  # fmt: skip
-    """Tie a config class to the functions that train, evaluate (and sample from, explain or detect with) it."""
-    _TASKS[config_cls] = Task(train, evaluate, sample, explain, detect)
+                  detect: Callable[..., dict] | None = None, distributed: bool = False) -> None:  # fmt: skip
+    """Tie a config class to the functions that train, evaluate (and sample from, explain or detect with) it;
+    ``distributed`` when its ``train`` runs under torchrun."""
+    _TASKS[config_cls] = Task(train, evaluate, sample, explain, detect, distributed)
 
 
 def register_recipe(name: str, config: Config, description: str) -> None:

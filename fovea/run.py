@@ -34,10 +34,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fovea import checkpoint
+from fovea import checkpoint, distributed
 from fovea.config import Config
 from fovea.errors import CheckpointError, RunError
-from fovea.tracking import MODES, Tracker
+from fovea.tracking import MODES, Tracker, sweep_run_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -151,6 +151,7 @@ class Run:
             raise RunError(f"--keep-checkpoints {keep_checkpoints} must be at least 1")
         self.recipe, self.config = recipe, config
         self.device = pick_device(device)
+        self.main = distributed.is_main()  # under torchrun only rank 0 writes; the other ranks train alongside
         self.keep_checkpoints = keep_checkpoints
         self.evaluating, self.resuming = evaluate, resume
         self.step = 0
@@ -167,30 +168,36 @@ class Run:
             self.meta.setdefault("config_class", type(config).__qualname__)
             self.meta.setdefault("wandb_id", uuid.uuid4().hex[:12])
         else:
-            self.name = name or _fresh_name(Path(runs_dir), f"{recipe}-{datetime.now():%Y%m%d-%H%M%S}")
+            trial = sweep_run_id()  # under `wandb agent`: this run is the sweep's trial, named and tracked by its id
+            stamp = re.sub(r"[^A-Za-z0-9._-]", "-", trial)[:64] if trial else f"{datetime.now():%Y%m%d-%H%M%S}"
+            self.name = name or _fresh_name(Path(runs_dir), f"{recipe}-{stamp}")
             if not _NAME.match(self.name):
                 raise RunError(f"--name {self.name!r} is not a valid run name: use letters, digits, '.', '_' and '-'")
             self.dir = Path(runs_dir) / self.name
-            if (self.dir / "config.json").exists():
+            if self.main and (self.dir / "config.json").exists():
                 raise RunError(f"{self.dir} already exists; resume it with `fovea train --resume {self.dir}` "
                                f"or pick another --name")  # fmt: skip
             self.meta = {
                 "recipe": recipe,
                 "config_class": type(config).__qualname__,
                 "config": config.to_dict(),
-                "wandb_id": uuid.uuid4().hex[:12],
+                "wandb_id": trial or uuid.uuid4().hex[:12],
                 "created": datetime.now().isoformat(timespec="seconds"),
             }
+            if trial:
+                self.meta["wandb_sweep"] = os.environ["WANDB_SWEEP_ID"].strip()
         self.ckpt_dir = self.dir / "checkpoints"
         if evaluate:
             return
         if run_dir is not None and not resume:
             raise RunError("run_dir is for resume or evaluation")
+        seed_everything(getattr(config, "seed", 0))
+        if not self.main:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
         if not resume:  # a resume records its config only once restore() has shown the checkpoint fits
             _write_json(self.dir / "config.json", self.meta)
-        seed_everything(getattr(config, "seed", 0))
         self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
                                config={"recipe": recipe, **config.to_dict()}, say=self.say)  # fmt: skip
 
@@ -220,7 +227,9 @@ class Run:
                  f"(Ctrl-C again to stop at once).")  # fmt: skip
 
     def say(self, message: str) -> None:
-        """A notice for the user (stderr), above the progress bar."""
+        """A notice for the user (stderr), above the progress bar (rank 0's only, under torchrun)."""
+        if not self.main:
+            return
         (self._progress.console if self._progress else console).print(message, markup=False)
 
     # ------------------------------------------------------------------ state and checkpoints
@@ -241,8 +250,11 @@ class Run:
         return {"objects": objs, "state": self.state, "step": self.step, "rng": rng_state(), "metrics_offset": offset}
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step (atomically) and keep the newest ``keep_checkpoints``."""
+        """Write a checkpoint of the current step (atomically) and keep the newest ``keep_checkpoints``
+        (rank 0 writes it under torchrun; the others hold the same weights)."""
         path = self.ckpt_dir / f"step_{self.step:09d}"
+        if not self.main:
+            return path
         checkpoint.save(path, self._gather(), meta={"recipe": self.recipe, "config_class": self.meta["config_class"],
                                                      "step": self.step})  # fmt: skip
         checkpoint.prune(self.ckpt_dir, self.keep_checkpoints, keep=tuple(self._pinned()))
@@ -308,6 +320,8 @@ class Run:
             step, run_state, offset = int(state["step"]), dict(state.get("state") or {}), int(state["metrics_offset"])
             if not self.evaluating:
                 set_rng_state(state["rng"])
+                if not self.main:  # rank 0's RNG states: give this rank its own noise again
+                    seed_everything(getattr(self.config, "seed", 0) + 7919 * distributed.rank() + int(state["step"]))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e})") from None
         self.step, self.state = step, run_state
@@ -315,6 +329,8 @@ class Run:
 
     def _commit_resume(self, offset: int) -> None:
         """Once a resume is known to work: cut metrics.jsonl back to the checkpoint and record the config."""
+        if not self.main:
+            return
         if self.tracker is not None:
             self.tracker.truncate(offset)
         self.meta["config"] = self.config.to_dict()  # the values this session runs with (overrides included)
@@ -344,6 +360,8 @@ class Run:
             yield s
             if self._progress is not None:
                 self._progress.update(self._task, completed=s)
+            if distributed.active() and distributed.any_rank(self._stop is not None):  # all ranks stop at one step
+                self._stop = self._stop or signal.SIGTERM
             if self._stop is not None:
                 path = self.save()
                 self._stop_progress()
@@ -362,6 +380,8 @@ class Run:
         return path
 
     def _start_progress(self, total: int, unit: str) -> None:
+        if not self.main:
+            return
         self._progress = Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
                                   TextColumn("{task.fields[figure]}"), console=console, transient=False)  # fmt: skip
@@ -410,6 +430,8 @@ class Run:
 
     def finish(self, figures: dict[str, Any]) -> None:
         """Record the final figures (W&B summary and ``runs/NAME/summary.json``)."""
+        if not self.main:
+            return
         if self.tracker is not None:
             self.tracker.summary(figures)
         _write_json(self.dir / ("eval.json" if self.evaluating else "summary.json"), figures)

@@ -53,6 +53,13 @@ def resolve_mode(mode: str) -> str:
     return "online" if logged_in() else "offline"
 
 
+def sweep_run_id() -> str | None:
+    """The W&B run id a sweep agent started this process for (``wandb agent`` sets WANDB_SWEEP_ID and WANDB_RUN_ID),
+    else None. Under an agent, that id must be the run's: the sweep reads its trial's metric from that W&B run."""
+    run_id = os.environ.get("WANDB_RUN_ID", "").strip()
+    return run_id if run_id and os.environ.get("WANDB_SWEEP_ID", "").strip() else None
+
+
 def _to_image(img: Any) -> np.ndarray:
     """(H, W), (H, W, C) or (C, H, W) uint8 / float-in-[0, 1] pixels as an (H, W, C) uint8 array."""
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)

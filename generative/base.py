@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fovea import distributed
 from fovea.config import Config, param, register_task
 from fovea.errors import ConfigError
+from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
 from vision import data as vdata
 
@@ -139,6 +141,10 @@ class GenConfig(Config):
     """Seeds every RNG."""
     checkpoint_every: int = param(10, ge=1)
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
+    amp: Amp = "auto"
+    """Mixed precision: auto (bf16 on CUDA, fp32 elsewhere), off, bf16 or fp16 (with loss scaling)."""
+    compile: bool = False
+    """torch.compile the training step's loss (the first epoch pays the compilation)."""
 
     def validate(self) -> None:
         vdata.check_dataset_field(self)
@@ -160,7 +166,7 @@ _BUILDERS: dict[type, Builder] = {}
 def register_model(config_cls: type[GenConfig], build: Builder) -> None:
     """Tie a config class to its model builder; train, eval and sample become available for its recipes."""
     _BUILDERS[config_cls] = build
-    register_task(config_cls, train, evaluate, sample=sample_command)
+    register_task(config_cls, train, evaluate, sample=sample_command, distributed=True)
 
 
 def build_model(cfg: GenConfig, data: vdata.ImageData) -> GenerativeModel:
@@ -177,27 +183,41 @@ def make_optimizers(cfg: GenConfig, model: GenerativeModel) -> dict[str, torch.o
 
 
 def train_epoch(cfg: GenConfig, model: GenerativeModel, optimizers: dict, data: vdata.ImageData,
-                gen: torch.Generator, iteration: int) -> tuple[dict[str, float], int]:  # fmt: skip
-    """One pass over ``data``; returns the mean of every logged value and the iteration count after it."""
+                gen: torch.Generator, iteration: int,
+                step: TrainStep | None = None) -> tuple[dict[str, float], int]:  # fmt: skip
+    """One pass over ``data``; returns the mean of every logged value (over all processes under torchrun)
+    and the iteration count after it."""
+    step = step or TrainStep(cfg, model)
     model.train()
     sums: dict[str, torch.Tensor] = {}
     batches = 0
-    for batch in vdata.batches(data, cfg.batch_size, gen):
+    for images, labels, total in vdata.global_batches(data, cfg.batch_size, gen):
         iteration += 1
         for player in model.players_at(iteration):
-            out = model.loss(batch, player)
-            opt = optimizers[player]
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.player_parameters(player), cfg.grad_clip)
-            opt.step()
+            with step.precision[player].autocast():
+                out = step.loss((images, labels), player)
+            loss = distributed.scale_loss(out["loss"].float(), len(images), total)
+            step.precision[player].backward(loss, optimizers[player], model.player_parameters(player), cfg.grad_clip)
             for k, v in out.items():
                 key = k if len(model.players) == 1 or k != "loss" else None
                 if key is not None:
                     sums[key] = sums.get(key, 0) + v.detach().float()
         batches += 1
-    return {k: float(v) / batches for k, v in sums.items()}, iteration
+    keys = sorted(sums)
+    means = distributed.mean(torch.stack([sums[k] for k in keys]) / max(batches, 1)) if keys else torch.zeros(0)
+    return dict(zip(keys, means.tolist(), strict=True)), iteration
+
+
+class TrainStep:
+    """How ``train_epoch`` runs a model's loss: under DistributedDataParallel with torchrun, compiled with
+    ``compile``, in the config's precision (one GradScaler per player for fp16; ``scalers()`` are tracked)."""
+
+    def __init__(self, cfg: GenConfig, model: GenerativeModel):
+        self.precision = {p: Precision(cfg.amp, model.device) for p in model.players}
+        self.loss = compiled(distributed.wrap(model, "loss", find_unused=len(model.players) > 1), cfg.compile)
+
+    def scalers(self) -> dict:
+        return {f"scaler_{p}": s.scaler for p, s in self.precision.items() if s.scaler is not None}
 
 
 @torch.no_grad()
@@ -242,26 +262,30 @@ def grid_labels(model: GenerativeModel, n: int) -> torch.Tensor | None:
 
 def train(cfg: GenConfig, run: Run) -> dict:
     """Train on the train split; every ``eval_every`` epochs validate, keep the best, log a sample grid."""
+    distributed.check_batch(cfg.batch_size)
     tr = load_split(cfg, "train", run).to(run.device)
     va = load_split(cfg, "val", run).to(run.device)
-    model = build_model(cfg, tr).to(run.device)
+    model = channels_last(distributed.sync_batchnorm(build_model(cfg, tr)), run.device).to(run.device)
     best = copy.deepcopy(model)
     optimizers = make_optimizers(cfg, model)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    run.track(model=model, best=best, generator=shuffle, **{f"optimizer_{p}": o for p, o in optimizers.items()})
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
+    step = TrainStep(cfg, model)
+    run.track(model=model, best=best, generator=shuffle, **{f"optimizer_{p}": o for p, o in optimizers.items()},
+              **step.scalers())  # fmt: skip
     run.restore()
     run.state.setdefault("iteration", 0)
     show = "val/loss" if len(model.players) == 1 else None
     for epoch in run.loop(cfg.epochs, unit="epoch", show=show):
         start = time.perf_counter()
-        means, run.state["iteration"] = train_epoch(cfg, model, optimizers, tr, shuffle, run.state["iteration"])
+        means, run.state["iteration"] = train_epoch(cfg, model, optimizers, tr, shuffle, run.state["iteration"], step)
         logged = {f"train/{k}": v for k, v in means.items()}
         logged["perf/images_per_s"] = len(tr) / (time.perf_counter() - start)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            val = validate(model, va)
+            val = validate(model, va)  # every process alike (same weights, same data): they agree on the best
             logged.update({f"val/{k}": v for k, v in val.items()})
             keep_best(run, model, best, val, epoch)
-            log_grid(run, model, "samples/grid", seed=cfg.seed)
+            if run.main:
+                log_grid(run, model, "samples/grid", seed=cfg.seed)
         run.log(logged)
     if not run.state.get("best_epoch"):  # no validation loss to choose by (a GAN): the final model
         best.load_state_dict(model.state_dict())
@@ -271,7 +295,8 @@ def train(cfg: GenConfig, run: Run) -> dict:
     figures.update({f"val/{k}": v for k, v in validate(best, va).items()})
     if best.likelihood:
         figures.update(likelihood_figures(best, va, "val"))
-    log_grid(run, best, "samples/final", seed=cfg.seed)
+    if run.main:
+        log_grid(run, best, "samples/final", seed=cfg.seed)
     return figures
 
 

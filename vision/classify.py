@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.transfer import start_from
+from fovea import distributed
 from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
+from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
 from vision import data as vdata
 from vision.explain import explainer
@@ -131,6 +133,10 @@ class ClassifierConfig(Config):
     """Seeds every RNG."""
     checkpoint_every: int = param(5, ge=1)
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
+    amp: Amp = "auto"
+    """Mixed precision: auto (bf16 on CUDA, fp32 elsewhere), off, bf16 or fp16 (with loss scaling)."""
+    compile: bool = False
+    """torch.compile the training step's forward and loss (the first epoch pays the compilation)."""
 
     def validate(self) -> None:
         vdata.check_dataset_field(self)
@@ -253,36 +259,47 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
     if cfg.overfit_batch:
         cfg = cfg.sanity_check()
         run.say(f"Sanity check: overfitting the first {cfg.overfit_batch} training images (no regularisation).")
+    distributed.check_batch(cfg.batch_size)
     splits = load_splits(cfg, run.device)
     tr = splits["train"]
-    model = build(cfg, tr.shape, len(tr.classes), tr.max_value).to(run.device)
+    model = build(cfg, tr.shape, len(tr.classes), tr.max_value)
+    model = channels_last(distributed.sync_batchnorm(model), run.device).to(run.device)
     best = copy.deepcopy(model)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle)
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
+    precision = Precision(cfg.amp, run.device)
+    scaler = {"scaler": precision.scaler} if precision.scaler is not None else {}
+    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **scaler)
     run.restore(fallback={"best": "model"})  # a run from before best weights were kept: its last ones
     augment, ratios = augmenter(cfg.augment), UpdateRatios(model)
+    loss_fn = compiled(distributed.wrap(model, "loss"), cfg.compile)
+    # One process augments with the shuffle generator (as always); under torchrun each rank draws its own.
+    noise = shuffle if not distributed.active() else torch.Generator().manual_seed(cfg.seed + 1 + distributed.rank())
     if stopped_early(cfg, run):
         run.say(f"{run.dir} stopped early at epoch {run.step} (no better val/acc for {cfg.patience} epochs); "
                 f"raise --patience (or set it to 0) to train on.")  # fmt: skip
     for epoch in run.loop(run.step if stopped_early(cfg, run) else cfg.epochs, unit="epoch", show="val/acc"):
         start, seen, logged = time.perf_counter(), 0, {}
         sums = torch.zeros(2, device=run.device)  # loss, correct (summed on the device: no sync per batch)
-        for images, labels in vdata.batches(tr, cfg.batch_size, shuffle):
+        for images, labels, total in vdata.global_batches(tr, cfg.batch_size, shuffle):
             if len(labels) == 1 < len(tr):  # batch norm cannot train on one image: drop a last batch of one
                 continue
-            out = model.loss((augment(images, shuffle), labels), cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if logged:
-                optimizer.step()
-            else:  # the update / weight ratio of the epoch's first step (notes 6.6)
+            with precision.autocast():
+                out = loss_fn((augment(images, noise), labels), cfg.label_smoothing)
+            loss = distributed.scale_loss(out["loss"].float(), len(labels), total)
+            first = not logged
+            if first:  # the update / weight ratio of the epoch's first step (notes 6.6)
                 ratios.before()
-                optimizer.step()
+            precision.backward(loss, optimizer)
+            if first:
                 logged = ratios.after()
-            sums += torch.stack([out["loss"].detach(), out["acc"].detach()]) * len(labels)
+            sums += torch.stack([out["loss"].detach().float(), out["acc"].detach().float()]) * len(labels)
             seen += len(labels)
+        if distributed.active():  # the figures of the whole global batch, not this rank's part
+            tot = distributed.mean(torch.cat([sums, sums.new_tensor([seen])]))
+            sums, seen = tot[:2], float(tot[2]) * distributed.world_size()
+            sums = sums * distributed.world_size()
         scheduler.step()
         val = evaluate_split(model, splits["val"])
         so_far = (run.state.get("best_val_acc", -1.0), -run.state.get("best_val_loss", 0.0))
@@ -326,7 +343,7 @@ def restored(run: Run, model: M, name: str = "model", fallback: dict[str, str] |
     return model.eval()
 
 
-register_task(ClassifierConfig, train, evaluate, explain=explainer(load_trained))
+register_task(ClassifierConfig, train, evaluate, explain=explainer(load_trained), distributed=True)
 DIGITS_CNN = BackboneSpec(name="convnet", options={"widths": (64, 128)})
 CIFAR_CNN = BackboneSpec(name="convnet", options={"widths": (64, 128, 256), "convs_per_stage": 2})
 

@@ -623,6 +623,27 @@ def batches(
         yield data.images[idx], data.labels[idx]
 
 
+def global_batches(
+    data: ImageData, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Training minibatches as ``batches`` shuffles them, each split over the torchrun processes: yields this
+    process's (images, labels) and the global batch's size (for ``fovea.distributed.scale_loss``). On one
+    process it is ``batches`` with the size added. Under torchrun a last batch too small to give every process
+    two images is left out of the epoch (on every process alike)."""
+    from fovea import distributed
+
+    world = distributed.world_size()
+    n = len(data)
+    order = torch.randperm(n, generator=generator).to(data.images.device)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        if world > 1:
+            if len(idx) < 2 * world:
+                continue
+            idx = distributed.shard(idx)
+        yield data.images[idx], data.labels[idx], min(batch_size, n - i)
+
+
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels in x and y, filling with zeros (data augmentation)."""
     if max_shift <= 0:
