@@ -43,8 +43,10 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
+from fovea import distributed
 from fovea.config import BackboneSpec, Config, param, register_recipe, register_task, suggest
 from fovea.errors import ConfigError
+from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
 from vision import detection_data as ddata
 from vision.data import SPLITS
@@ -267,9 +269,11 @@ class FCOS(nn.Module):
         logits, ltrb, centre = [], [], []
         for level, f in enumerate(maps):
             c, b = self.class_tower(f), self.box_tower(f)
-            logits.append(self.class_logits(c).flatten(2).transpose(1, 2))
-            ltrb.append(torch.exp((self.scales[level] * self.box_ltrb(b)).clamp(max=10)).flatten(2).transpose(1, 2))
-            centre.append(self.centre_logit(b).flatten(1))
+            # the heads' outputs in fp32 (under autocast the convolutions run in bf16): they feed exp, boxes, losses
+            logits.append(self.class_logits(c).float().flatten(2).transpose(1, 2))
+            ltrb_l = torch.exp((self.scales[level] * self.box_ltrb(b).float()).clamp(max=10))
+            ltrb.append(ltrb_l.flatten(2).transpose(1, 2))
+            centre.append(self.centre_logit(b).float().flatten(1))
         return torch.cat(logits, 1), torch.cat(ltrb, 1), torch.cat(centre, 1)
 
     @torch.no_grad()
@@ -374,9 +378,9 @@ class Locator(nn.Module):
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K) class logits and (B, 4) xyxy pixel boxes."""
         fmap = self.backbone.forward_features(images.float() / self.max_value - 0.5)  # (B, C, h, w)
-        x1, y1, w, h = torch.sigmoid(self.box_head(fmap.flatten(1))).unbind(1)
+        x1, y1, w, h = torch.sigmoid(self.box_head(fmap.flatten(1)).float()).unbind(1)  # fp32 under autocast too
         box = torch.stack([x1, y1, x1 + w * (1 - x1), y1 + h * (1 - y1)], 1)
-        return self.class_head(fmap.amax((2, 3))), box * self.scale
+        return self.class_head(fmap.amax((2, 3))).float(), box * self.scale
 
     def loss(self, images: torch.Tensor, boxes: Sequence[torch.Tensor],
              labels: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -461,6 +465,11 @@ class DetectorConfig(Config):
     """Seeds every RNG and the generated canvases."""
     checkpoint_every: int = param(2, ge=1)
     """Epochs between checkpoints (one is also written at the end and on Ctrl-C / SIGTERM)."""
+    amp: Amp = "auto"
+    """Mixed precision: auto (bf16 on CUDA, fp32 elsewhere), off, bf16 or fp16 (with loss scaling); the heads'
+    outputs and the losses stay fp32."""
+    compile: bool = False
+    """torch.compile the training step's loss (the first epoch pays the compilation)."""
 
     def validate(self) -> None:
         if self.dataset not in ddata.DETECTION_DATASETS:
@@ -504,6 +513,23 @@ def batches(data: ddata.DetectionData, batch_size: int,
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
         yield data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx]
+
+
+def global_batches(data: ddata.DetectionData, batch_size: int,
+                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, list, list, int]]:  # fmt: skip
+    """Training minibatches as ``batches`` shuffles them, each split over the torchrun processes (see
+    ``vision.data.global_batches``): this process's (images, boxes, labels) and the global batch's size."""
+    world = distributed.world_size()
+    order = torch.randperm(len(data), generator=generator)
+    for i in range(0, len(data), batch_size):
+        idx = order[i : i + batch_size]
+        total = len(idx)
+        if world > 1:
+            if total < 2 * world:  # too few to give every process two images: left out on every process alike
+                continue
+            idx = distributed.shard(idx)
+        idx = idx.tolist()
+        yield data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx], total
 
 
 @torch.inference_mode()
@@ -590,36 +616,48 @@ def warmup_cosine(cfg: DetectorConfig, steps_per_epoch: int):
 def train(cfg: DetectorConfig, run: Run) -> dict:
     """Train on the train split, measure mAP on val every epoch, keep the weights of the best val mAP, and report
     their test mAPs."""
+    distributed.check_batch(cfg.batch_size)
     splits = {s: load_split(cfg, s) for s in SPLITS}
     tr = splits["train"]
     io = {"classes": list(tr.classes), "channels": tr.shape[0], "max_value": tr.max_value}
-    (run.dir / IO_FILE).write_text(json.dumps(io))
-    model = build(cfg, tr).to(run.device)
+    if run.main:
+        (run.dir / IO_FILE).write_text(json.dumps(io))
+    model = channels_last(distributed.sync_batchnorm(build(cfg, tr)), run.device).to(run.device)
     best = copy.deepcopy(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg, steps_per_epoch))
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle)
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
+    precision = Precision(cfg.amp, run.device)
+    scaler = {"scaler": precision.scaler} if precision.scaler is not None else {}
+    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **scaler)
     run.restore()
     augment = ddata.augmenter(cfg.augment)
+    # find_unused: a feature pyramid may leave a backbone's last stages out, and Faster R-CNN's heads vary
+    loss_fn = compiled(distributed.wrap(model, "loss", find_unused=True), cfg.compile)
+    # One process augments with the shuffle generator (as always); under torchrun each rank draws its own.
+    noise = shuffle if not distributed.active() else torch.Generator().manual_seed(cfg.seed + 1 + distributed.rank())
+    dev = run.device
     for epoch in run.loop(cfg.epochs, unit="epoch", show="val/map_50"):
         start, seen, sums = time.perf_counter(), 0, {}
-        for images, boxes, labels in batches(tr, cfg.batch_size, shuffle):
+        for images, boxes, labels, total in global_batches(tr, cfg.batch_size, shuffle):
             if len(images) == 1 < len(tr):  # batch norm cannot train on one image: drop a last batch of one
                 continue
-            images, boxes, labels = augment(images, boxes, labels, shuffle)
-            dev = run.device
-            out = model.loss(images.to(dev), [b.to(dev) for b in boxes], [lab.to(dev) for lab in labels])
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            images, boxes, labels = augment(images, boxes, labels, noise)
+            with precision.autocast():
+                out = loss_fn(images.to(dev), [b.to(dev) for b in boxes], [lab.to(dev) for lab in labels])
+            loss = distributed.scale_loss(out["loss"].float(), len(images), total)
+            precision.backward(loss, optimizer, model.parameters(), cfg.grad_clip)
             scheduler.step()
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v.detach() * len(images)
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * len(images)
             seen += len(images)
         elapsed = time.perf_counter() - start
+        if distributed.active():  # the losses of the whole global batch, not this rank's part
+            keys = sorted(sums)
+            local = torch.stack([*(sums[k].to(dev) for k in keys), torch.tensor(float(seen), device=dev)])
+            tot = distributed.mean(local) * distributed.world_size()
+            sums, seen = dict(zip(keys, tot[:-1], strict=True)), float(tot[-1])
         losses = {f"train/{k}": v / seen for k, v in sums.items()}
         if not torch.isfinite(sums["loss"]):
             run.log(losses)  # a RunError naming the loss, before broken weights are scored or saved
@@ -630,7 +668,8 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
         run.log({**losses, "val/map": val["map"],
                  "val/map_50": val["map_50"], "val/map_75": val["map_75"], "val/best_map": run.state["best_val_map"],
                  "train/lr": optimizer.param_groups[0]["lr"], "perf/images_per_s": seen / elapsed})  # fmt: skip
-        run.log_image("val/detections", picture(splits["val"], val["predictions"]))
+        if run.main:
+            run.log_image("val/detections", picture(splits["val"], val["predictions"]))
     test = evaluate_split(best, splits["test"], cfg.score_threshold)
     return {"test/map": test["map"], "test/map_50": test["map_50"], "test/map_75": test["map_75"],
             "val/map": run.state.get("best_val_map", 0.0), "best_epoch": run.state.get("best_epoch", 0),
@@ -734,7 +773,7 @@ def model_io(cfg: DetectorConfig, run: Run) -> tuple[tuple[str, ...], int, int]:
         return val.classes, val.shape[0], val.max_value
 
 
-register_task(DetectorConfig, train, evaluate, detect=detect)
+register_task(DetectorConfig, train, evaluate, detect=detect, distributed=True)
 register_recipe(
     "locate-digits",
     DetectorConfig(model="locate", dataset="digits-locate", epochs=8, lr=1e-3,
