@@ -7,6 +7,10 @@ Each update collects ``n_steps`` steps from ``num_envs`` envs, estimates advanta
 policy loss + vf_coef * value loss - ent_coef * entropy. With ``--recurrent lstm`` (or ``gru``) a
 RecurrentCore sits between the CNN and the heads; its state is carried across rollouts and reset
 where an episode starts.
+
+Rollouts live on the device but for what the host produces (rewards and flags from the envs, the
+sampled actions, which the envs need on the CPU): those move over once per update, so a step copies
+only its observations over and its action probabilities back. Forward passes run under ``amp``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from agents import common, watch
 from agents.common import (
     AgentConfig,
+    FastPath,
     build_trunk,
     catch_cnn,
     clip_grads,
@@ -105,21 +110,24 @@ def make_optimizer(cfg, net: ActorCritic) -> torch.optim.Optimizer:
 
 
 class Rollout:
-    """(N, T) buffers of one rollout, batch-first like the network's inputs."""
+    """(N, T) buffers of one rollout, batch-first like the network's inputs: what the network produces on the
+    device, what the envs produce (and the actions, sampled on the CPU for them) on the host."""
 
     def __init__(self, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, device: torch.device):
         self.obs = torch.zeros((n, t, *obs_shape), dtype=obs_dtype, device=device)
         self.starts = torch.zeros((n, t), dtype=torch.bool, device=device)
-        self.actions = torch.zeros((n, t), dtype=torch.long, device=device)
         self.values = torch.zeros((n, t), device=device)
+        self.actions = torch.zeros((n, t), dtype=torch.long)
         self.rewards = np.zeros((n, t), np.float32)
         self.terminated, self.ends, self.valid = (np.zeros((n, t), bool) for _ in range(3))
 
 
 def train(cfg: A2CConfig, run: Run) -> dict:
     env = make_env(cfg, cfg.num_envs, cfg.seed)
+    fast = FastPath.of(cfg, run.device)
     net = build(cfg, env).to(run.device)
     best = copy.deepcopy(net).requires_grad_(False)
+    fast.prepare(net)  # after the copy: best stays a plain module
     optimizer = make_optimizer(cfg, net)
     iterations = max(1, cfg.total_steps // (cfg.num_envs * cfg.n_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / iterations if cfg.lr_decay else 1.0)
@@ -141,12 +149,13 @@ def train(cfg: A2CConfig, run: Run) -> dict:
     for it in run.loop(iterations, unit="update", show="train/episodic_return"):
         steps = it * width
         state0 = None if state is None else tuple(s.clone() for s in state)
-        obs, starts, state, last_value = collect(cfg, env, net, buf, obs, starts, state, gen, episodes)
+        with fast.autocast():
+            obs, starts, state, last_value = collect(cfg, env, net, buf, obs, starts, state, gen, episodes)
         for t, done in episodes:
             run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
                     step=steps - width + (t + 1) * n)  # fmt: skip
         episodes.clear()
-        out = update(cfg, net, optimizer, buf, last_value, state0)
+        out = update(cfg, net, optimizer, buf, last_value, state0, fast)
         sched.step()
         if it % 20 == 0 or it == iterations:
             sps = (steps - start_steps) / (time.perf_counter() - start_time)
@@ -174,7 +183,7 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
         logits, value, state = net(o[:, None], state, s[:, None])
         actions = sample(logits[:, 0], False, gen)
         obs, reward, term, trunc, info = env.step(actions.numpy())
-        buf.actions[:, t], buf.values[:, t] = actions.to(dev), value[:, 0]
+        buf.actions[:, t], buf.values[:, t] = actions, value[:, 0]
         buf.rewards[:, t] = np.sign(reward) if cfg.clip_rewards else reward
         buf.terminated[:, t], buf.ends[:, t], buf.valid[:, t] = term, term | trunc, ~info["reset"]
         # The state restarts with each game (not at a lost life, as in evaluation); a truncated game's final
@@ -188,24 +197,31 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
     return obs, starts, state, last_value[:, 0]
 
 
-def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value: torch.Tensor, state0) -> dict:
-    """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward."""
+def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value: torch.Tensor, state0,
+           fast: FastPath | None = None) -> dict:  # fmt: skip
+    """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward
+    (under ``fast.autocast()``; logits and values come out in fp32, so the losses are fp32). No host sync."""
     dev = buf.values.device
-    rewards = torch.as_tensor(buf.rewards, device=dev)
+    fast = fast or FastPath(dev)
+    # the host's part of the rollout goes over first, before this update queues any work on the device
+    rewards, actions = torch.as_tensor(buf.rewards, device=dev), buf.actions.to(dev)
     terminated, ends = torch.as_tensor(buf.terminated, device=dev), torch.as_tensor(buf.ends, device=dev)
-    valid = torch.as_tensor(buf.valid, device=dev)
+    # the transitions (reset steps are not), as indices into the flattened (N*T) rollout: the host knows which they
+    # are, so selecting them needs no device-to-host read (a boolean mask would, for the size of the result)
+    keep = torch.as_tensor(np.flatnonzero(buf.valid.reshape(-1)), device=dev)
     next_values = torch.cat([buf.values[:, 1:], last_value[:, None]], dim=1)
     adv = gae(rewards, buf.values, next_values, terminated, ends, cfg.gamma, cfg.gae_lambda)
     returns = adv + buf.values
-    adv, returns = adv[valid], returns[valid]  # reset steps are not transitions
+    adv, returns = adv.reshape(-1)[keep], returns.reshape(-1)[keep]
     if cfg.normalize_advantages and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    logits, values, _ = net(buf.obs, state0, buf.starts)
-    logp_all = F.log_softmax(logits[valid], -1)
-    logp = logp_all.gather(1, buf.actions[valid][:, None]).squeeze(1)
+    with fast.autocast():
+        logits, values, _ = net(buf.obs, state0, buf.starts)
+    logp_all = F.log_softmax(logits.reshape(-1, logits.shape[-1])[keep], -1)
+    logp = logp_all.gather(1, actions.reshape(-1)[keep][:, None]).squeeze(1)
     entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
     policy_loss = -(adv * logp).mean()
-    value_loss = F.mse_loss(values[valid], returns)
+    value_loss = F.mse_loss(values.reshape(-1)[keep], returns)
     loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

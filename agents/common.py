@@ -1,6 +1,10 @@
 """What every agent shares: the config fields of an RL run, building its envs and its trunk, and
 playing whole episodes for evaluation.
 
+The fast path of DESIGN.md's "Speed" section lives here too (``FastPath``): bf16 autocast for the forward
+passes, channels_last convolutions and the CUDA-only choices, an optional compiled forward, and ``EnvStepper``,
+which lets a learner run while ale-py's C++ envs step.
+
 A policy, for ``play``, is any callable ``policy(obs, starts) -> actions`` over a batch of envs:
 ``obs`` as the vector env returns it and ``starts`` the (num_envs,) mask of envs whose episode
 begins with this observation (a recurrent policy resets its state there; others ignore it).
@@ -8,9 +12,11 @@ begins with this observation (a recurrent policy resets its state there; others 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,8 +24,10 @@ from torch import nn
 
 from backbones.transfer import start_from
 from envs import vector
+from envs.atari import AtariVector
 from fovea.config import BackboneSpec, Config, param
 from fovea.errors import ConfigError
+from fovea.precision import amp_dtype, channels_last
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -61,6 +69,11 @@ class AgentConfig(Config):
     """Seeds every RNG and the envs."""
     checkpoint_every: int = param(10_000, ge=1)
     """Loop iterations between checkpoints: vector steps (DQN), rollouts (A2C) or batches of episodes (REINFORCE)."""
+    amp: Literal["auto", "off", "bf16"] = "auto"
+    """Mixed precision of the forward passes: auto (bf16 autocast on CUDA, fp32 elsewhere), off, or bf16 (also on
+    the CPU, slowly). The heads, TD targets, returns and losses stay in fp32."""
+    compile: bool = False
+    """torch.compile the network's forward, in place (checkpoints keep their keys); the first steps pay for it."""
 
     def validate(self) -> None:
         vector.check_name(self.env)
@@ -70,6 +83,89 @@ class AgentConfig(Config):
     @property
     def atari(self) -> bool:
         return self.env not in vector.CLASSIC
+
+
+# CUDA graphs ("reduce-overhead") are left out: a graph replays into static output buffers that its next replay
+# overwrites, and here outputs outlive the call (the target net's Q-values next to the online net's in one update,
+# a rollout's values kept until its update), and one forward serves alternating shapes (acting on num_envs, learning
+# on a batch). Without them, max-autotune picks the fastest conv / matmul kernels for those few static shapes.
+COMPILE_MODE = {"cuda": "max-autotune-no-cudagraphs"}  # other devices: torch.compile's default mode
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How a run uses its device (DESIGN.md, "Speed"): ``autocast()`` around forward passes (bf16 or nothing),
+    ``prepare(net)`` for channels_last convolutions on CUDA and a compiled forward, and ``sync_free``: on CUDA
+    the update reads nothing back to the host (the replay samples on the device and masks what it cannot redraw).
+
+    ``FastPath.of(cfg, device)`` resolves a config's ``amp`` and ``compile`` for ``device``.
+    """
+
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast dtype; None: fp32
+    compile: bool = False
+
+    @classmethod
+    def of(cls, cfg: AgentConfig, device: torch.device | str) -> FastPath:
+        device = torch.device(device)
+        dtype = amp_dtype(cfg.amp, device)
+        # auto on a GPU without bf16 would mean fp16, which needs loss scaling: the agents keep fp32 there
+        return cls(device, dtype if dtype == torch.bfloat16 else None, cfg.compile)
+
+    @property
+    def sync_free(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, net: nn.Module, *, dynamic: bool | None = False) -> nn.Module:
+        """channels_last weights on CUDA and, with ``compile``, a compiled forward (``nn.Module.compile`` compiles
+        in place, so ``state_dict`` keys keep no ``_orig_mod.`` prefix and checkpoints load either way).
+        ``dynamic=False`` specialises on each input shape (acting and learning batches are fixed); None lets
+        torch mark a changing batch size dynamic (REINFORCE's batches of whole episodes)."""
+        channels_last(net, self.device)
+        if self.compile:
+            net.compile(mode=COMPILE_MODE.get(self.device.type), dynamic=dynamic)
+        return net
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off (fp32) for a network's heads: they are small, and their outputs feed argmax, TD targets and
+    log-probabilities."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+class EnvStepper:
+    """``env.step`` in two halves, so that a learner can work while the envs step: ``send(actions)`` starts a
+    vector step and ``recv()`` returns what ``env.step(actions)`` would have.
+
+    With ``overlap`` an ``AtariVector`` steps in ale-py's C++ threads between the two calls (its
+    ``AtariVectorEnv`` has ``send`` / ``recv``); any other env, or no ``overlap``, steps inside ``recv()``.
+    """
+
+    def __init__(self, env, overlap: bool):
+        self.env, self.background = env, overlap and isinstance(env, AtariVector)
+        self.actions: np.ndarray | None = None
+
+    def send(self, actions: np.ndarray) -> None:
+        self.actions = actions
+        if self.background:
+            self.env.env.send(np.asarray(actions))
+
+    def recv(self):
+        actions, self.actions = self.actions, None
+        if not self.background:
+            return self.env.step(actions)
+        # AtariVector.step's own lines after its C++ step (kept equal by tests/test_dqn.py)
+        obs, reward, terminated, truncated, info = self.env.env.recv()
+        game_over = (terminated & (info["lives"] == 0)) | truncated
+        reset, game_over, episodes = self.env.tracker.update(reward, game_over)
+        live = ~reset
+        info = {"game_over": game_over, "reset": reset, "episodes": episodes, "lives": info["lives"]}
+        return obs, reward.astype(np.float32), terminated & live, truncated & live, info
 
 
 def make_env(cfg: AgentConfig, num_envs: int, seed: int, evaluation: bool = False):

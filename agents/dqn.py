@@ -9,6 +9,11 @@ The network is a registered backbone plus a linear (or dueling) head over the ac
 steps ``num_envs`` envs at once with batched epsilon-greedy actions, stores each transition in
 ``FrameReplay``, and runs ``gradient_steps`` updates every ``train_every`` agent steps (the replay
 ratio). No bootstrap past a termination; a time-limit truncation bootstraps.
+
+On CUDA the update reads nothing back to the host: the replay samples on the device and masks the
+rare draw it could not redraw into a transition, the TD loss is a mean over the kept ones, and the
+forward passes run under bf16 autocast (the heads, the TD target and the loss in fp32). With
+``async_env`` the next env step runs in ale-py's C++ threads while the update runs.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from torch import nn
 from agents import common, watch
 from agents.common import (
     AgentConfig,
+    EnvStepper,
+    FastPath,
     build_trunk,
     catch_cnn,
     clip_grads,
     crossed,
     finish_training,
+    full_precision,
     load_best,
     make_env,
     pixel_scale,
@@ -61,22 +69,42 @@ class QNetwork(nn.Module):
         self.value = nn.Linear(f, 1) if dueling else None
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(obs.float() / self.pixel_scale)  # (B, F)
-        q = self.head(h)  # (B, A)
-        if self.value is not None:
-            q = self.value(h) + q - q.mean(1, keepdim=True)
+        h = self.backbone(obs.float() / self.pixel_scale)  # (B, F), bf16 under autocast
+        with full_precision(h):  # the head in fp32: its Q-values feed argmax and the TD target
+            h = h.float()
+            q = self.head(h)  # (B, A)
+            if self.value is not None:
+                q = self.value(h) + q - q.mean(1, keepdim=True)
         return q
 
     @torch.inference_mode()
     def act(self, obs: torch.Tensor, epsilon: float, generator: torch.Generator) -> torch.Tensor:
-        """Epsilon-greedy actions (B,) for a batch of observations, chosen together; no forward pass
-        when every env explores."""
+        """Epsilon-greedy actions (B,) on the CPU for a batch of observations, chosen together; no forward
+        pass when every env explores. The draws come from a CPU ``generator``, so checking them reads host
+        memory (no device sync); the one device-to-host copy is the greedy actions the envs need."""
         n = obs.shape[0]
         explore = torch.rand(n, generator=generator) < epsilon
         random = torch.randint(0, self.head.out_features, (n,), generator=generator)
         if bool(explore.all()):
             return random
         return torch.where(explore, random, self(obs).argmax(1).cpu())
+
+
+def td_loss(q: torch.Tensor, y: torch.Tensor, kind: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Huber (``kind = "huber"``) or squared TD error, averaged over the batch, or with ``mask`` over the
+    transitions it keeps (the others weigh nothing, whatever their values); no host sync either way."""
+    fn = F.smooth_l1_loss if kind == "huber" else F.mse_loss
+    if mask is None:
+        return fn(q, y)
+    y = torch.where(mask, y, q.detach())  # a left-out error is exactly 0, with a 0 gradient, even from a NaN
+    return fn(q, y, reduction="sum") / mask.sum().clamp_min(1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x`` over ``mask`` (all of it for None); 0 for an empty mask."""
+    if mask is None:
+        return x.mean()
+    return torch.where(mask, x, 0).sum() / mask.sum().clamp_min(1)
 
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
@@ -128,6 +156,10 @@ class DQNConfig(AgentConfig):
     """Epsilon during evaluation (0.05 in the Nature protocol)."""
     save_replay: bool = False
     """Put the replay buffer in checkpoints, for an exact resume (large for Atari)."""
+    async_env: Literal["auto", "on", "off"] = "auto"
+    """Issue the next env step before the gradient update and collect it after, so the envs step while the
+    network learns (acting then uses the weights from before that update): auto is on for Atari on CUDA, where
+    ale-py's C++ envs step in threads of their own; off keeps the strict act, step, learn order."""
 
     def validate(self) -> None:
         super().validate()
@@ -137,6 +169,11 @@ class DQNConfig(AgentConfig):
             )
         if self.buffer_size // self.num_envs < 8:
             raise ConfigError(f"DQNConfig.buffer_size = {self.buffer_size} is too small for num_envs = {self.num_envs}")
+
+    def overlaps_env(self, device: torch.device | str) -> bool:
+        """Whether ``async_env`` steps the envs during the update on ``device``."""
+        auto = self.atari and torch.device(device).type == "cuda"
+        return self.async_env == "on" or (self.async_env == "auto" and auto)
 
     def epsilon(self, agent_steps: int) -> float:
         frac = min(1.0, agent_steps / (self.eps_fraction * self.total_steps))
@@ -150,9 +187,12 @@ def build(cfg: DQNConfig, env) -> QNetwork:
 
 def train(cfg: DQNConfig, run: Run) -> dict:
     env = make_env(cfg, cfg.num_envs, cfg.seed)
+    fast = FastPath.of(cfg, run.device)
     qnet = build(cfg, env).to(run.device)
     target = copy.deepcopy(qnet).requires_grad_(False)
     best = copy.deepcopy(qnet).requires_grad_(False)  # the network of the best evaluation so far
+    for net in (qnet, target):  # after the copies: best stays a plain module
+        fast.prepare(net)
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.RMSprop
     trainable = [p for p in qnet.parameters() if p.requires_grad]  # all but a frozen --backbone-from trunk
     optimizer = opt_cls(trainable, lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)  # one kernel per op
@@ -160,23 +200,39 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     stack = getattr(env, "frame_stack", 1)
     frame_shape = space.shape[1:] if stack > 1 else space.shape
     dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
-    replay = FrameReplay(cfg.buffer_size, cfg.num_envs, frame_shape, stack=stack, dtype=dtype, device=run.device)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    replay = FrameReplay(cfg.buffer_size, cfg.num_envs, frame_shape, stack=stack, dtype=dtype, device=run.device,
+                         sync_free=fast.sync_free)  # fmt: skip
+    gen = torch.Generator().manual_seed(cfg.seed)  # acting, and sampling on the CPU
     run.track(qnet=qnet, target=target, best=best, optimizer=optimizer, generator=gen)
+    sample_gen = gen
+    if replay.sync_free:  # the replay draws on the device, from a generator there
+        sample_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1)
+        run.track(sample_generator=sample_gen)
     evaluate = lambda net: evaluate_policy(cfg, net, run.device)  # noqa: E731
     if cfg.save_replay:
         run.track(replay=replay)
     run.restore()
 
+    overlap = cfg.overlaps_env(run.device)
+    envs = EnvStepper(env, overlap)
+
+    def act(obs: np.ndarray, steps: int) -> tuple[np.ndarray, float]:
+        """Send the envs the actions for ``obs``, the observations before agent step ``steps``."""
+        epsilon = cfg.epsilon(steps) if steps > cfg.learning_starts else 1.0  # uniform actions until learning starts
+        with fast.autocast():
+            actions = qnet.act(torch.as_tensor(obs, device=run.device), epsilon, gen).numpy()
+        envs.send(actions)
+        return actions, epsilon
+
     obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
     replay.start(obs)
     iterations = cfg.total_steps // cfg.num_envs
     start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, 0
+    pending = None  # (actions, epsilon) of a step sent to the envs ahead of this iteration (overlap)
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
         steps = it * cfg.num_envs  # agent steps after this iteration
-        epsilon = cfg.epsilon(steps) if steps > cfg.learning_starts else 1.0  # uniform actions until learning starts
-        actions = qnet.act(torch.as_tensor(obs, device=run.device), epsilon, gen).numpy()
-        next_obs, reward, term, trunc, info = env.step(actions)
+        actions, epsilon = pending or act(obs, steps)
+        next_obs, reward, term, trunc, info = envs.recv()
         learn_reward = np.sign(reward) if cfg.clip_rewards else reward
         replay.add(actions, learn_reward, term, next_obs, info["reset"])
         obs = next_obs
@@ -184,40 +240,53 @@ def train(cfg: DQNConfig, run: Run) -> dict:
         if len(done.returns):
             episode = {"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()}
             run.log({**episode, "train/epsilon": epsilon}, step=steps)
+        # overlap: the next step runs in the envs while this one's updates run (they do not need it)
+        pending = act(obs, steps + cfg.num_envs) if overlap and it < iterations else None
         if steps < cfg.learning_starts or len(replay) < cfg.batch_size:
             continue
         phases = steps // cfg.train_every - (steps - cfg.num_envs) // cfg.train_every
         for _ in range(phases * cfg.gradient_steps):
-            out = update(cfg, qnet, target, optimizer, replay, gen)
+            out = update(cfg, qnet, target, optimizer, replay, sample_gen, fast)
             updates += 1
             if updates % 100 == 0:
                 sps = (steps - start_steps) / (time.perf_counter() - start_time)
                 run.log({"train/loss": out["loss"], "train/q_values": out["q"], "perf/sps": sps}, step=steps)
         if crossed(steps, cfg.num_envs, cfg.target_update_every):
-            with torch.no_grad():
-                for p, tp in zip(qnet.parameters(), target.parameters(), strict=True):
-                    tp.lerp_(p, cfg.tau)
-                for b, tb in zip(qnet.buffers(), target.buffers(), strict=True):
-                    tb.copy_(b)
+            update_target(qnet, target, cfg.tau)
         if cfg.eval_episodes and crossed(steps, cfg.num_envs, cfg.eval_every) and it < iterations:
             common.keep_best(run, qnet, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
     return finish_training(cfg, run, qnet, best, run.step * cfg.num_envs, evaluate)
 
 
-def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen) -> dict:
-    """One gradient step on a sampled minibatch; returns the loss and mean Q(s, a) as tensors (no sync)."""
+def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen,
+           fast: FastPath | None = None) -> dict:  # fmt: skip
+    """One gradient step on a sampled minibatch; returns the loss and mean Q(s, a) as tensors (no host sync
+    on CUDA, where the replay samples on the device). The forward passes run under ``fast.autocast()``; the
+    Q-values come out of the head in fp32, so the TD target and the loss are fp32."""
+    fast = fast or FastPath(replay.device)
     b = replay.sample(cfg.batch_size, gen)
-    with torch.no_grad():
+    with torch.no_grad(), fast.autocast():
         next_q = target(b.next_obs)
-        y = td_target(b.rewards, b.terminated, next_q, qnet(b.next_obs) if cfg.double else None, cfg.gamma)
-    q = qnet(b.obs).gather(1, b.actions[:, None]).squeeze(1)
-    loss = F.smooth_l1_loss(q, y) if cfg.loss == "huber" else F.mse_loss(q, y)
+        next_online = qnet(b.next_obs) if cfg.double else None
+    y = td_target(b.rewards, b.terminated, next_q, next_online, cfg.gamma)
+    with fast.autocast():
+        q = qnet(b.obs).gather(1, b.actions[:, None]).squeeze(1)
+    loss = td_loss(q, y, cfg.loss, b.mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip_grads(qnet, cfg.max_grad_norm)
     optimizer.step()
-    return {"loss": loss.detach(), "q": q.detach().mean()}
+    return {"loss": loss.detach(), "q": masked_mean(q.detach(), b.mask)}
+
+
+@torch.no_grad()
+def update_target(qnet: QNetwork, target: QNetwork, tau: float) -> None:
+    """Move the target network's weights towards the online network's (tau = 1: copy them)."""
+    for p, tp in zip(qnet.parameters(), target.parameters(), strict=True):
+        tp.lerp_(p, tau)
+    for b, tb in zip(qnet.buffers(), target.buffers(), strict=True):
+        tb.copy_(b)
 
 
 def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None) -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.common import full_precision
 from backbones.rnn import RecurrentCore, State
 
 
@@ -52,12 +53,14 @@ class ActorCritic(nn.Module):
         """(N, T, *obs_shape) -> logits (N, T, A), values (N, T), and the recurrent state after step T-1."""
         n, t = obs.shape[:2]
         x = obs.reshape(n * t, *obs.shape[2:]).float() / self.pixel_scale
-        h = self.trunk(x)
-        if self.core is not None:
-            h, state = self.core(h.view(n, t, -1), state, starts)
-            h = h.reshape(n * t, -1)
-        v_in = self.critic_trunk(x) if self.critic_trunk is not None else h
-        return self.policy(h).view(n, t, -1), self.value(v_in).view(n, t), state
+        h = self.trunk(x)  # (N*T, F), bf16 under autocast
+        v_in = self.critic_trunk(x).float() if self.critic_trunk is not None else None  # (never with a core)
+        with full_precision(h):  # the recurrent core (its state carries over) and the heads run in fp32
+            h = h.float()
+            if self.core is not None:
+                h, state = self.core(h.view(n, t, -1), state, starts)
+                h = h.reshape(n * t, -1)
+            return self.policy(h).view(n, t, -1), self.value(h if v_in is None else v_in).view(n, t), state
 
     def score(self, obs: torch.Tensor, action: int) -> torch.Tensor:
         """The logit of ``action`` for one observation: what gradient saliency differentiates."""

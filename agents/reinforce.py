@@ -12,6 +12,7 @@ Episodes are played on ``num_envs`` envs at once; every ``batch_episodes`` finis
 one gradient step. An episode still running at an update carries on, so its first steps were
 sampled by the policy before the update: a slight lag that vanishes as ``batch_episodes`` grows.
 A time-limit truncation bootstraps G from V(final observation) when there is a learned value.
+Forward passes run under ``amp``; the returns, advantages and losses are fp32.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from agents import a2c, common
-from agents.common import AgentConfig, catch_cnn, crossed, finish_training, make_env
+from agents.common import AgentConfig, FastPath, catch_cnn, crossed, finish_training, make_env
 from agents.policy import ActorCritic, sample
 from agents.returns import returns_to_go
 from fovea.config import param, register_recipe, register_task
@@ -117,8 +118,10 @@ class Episodes:
 
 def train(cfg: ReinforceConfig, run: Run) -> dict:
     env = make_env(cfg, cfg.num_envs, cfg.seed)
+    fast = FastPath.of(cfg, run.device)
     net = a2c.build(cfg, env).to(run.device)
     best = copy.deepcopy(net).requires_grad_(False)
+    fast.prepare(net, dynamic=None)  # after the copy: best stays a plain module; batches of episodes vary in length
     optimizer = a2c.make_optimizer(cfg, net)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.track(net=net, best=best, optimizer=optimizer, generator=gen)
@@ -134,7 +137,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
     start_time, start_steps = time.perf_counter(), run.step * n
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
         steps = it * n
-        with torch.no_grad():
+        with torch.no_grad(), fast.autocast():
             logits, _, _ = net(torch.as_tensor(obs, device=dev)[:, None])
         actions = sample(logits[:, 0], False, gen).numpy()
         next_obs, reward, term, trunc, info = env.step(actions)
@@ -142,14 +145,14 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
         for i in np.flatnonzero(~info["reset"]):  # a reset step is not a transition
             episodes.add(i, obs[i].copy(), int(actions[i]), float(learn_reward[i]))  # own copy: envs may reuse obs
         for i in np.flatnonzero(term | trunc):
-            episodes.end(i, bootstrap=final_value(cfg, net, next_obs[i], dev) if trunc[i] and not term[i] else 0.0)
+            episodes.end(i, bootstrap=final_value(cfg, net, next_obs[i], fast) if trunc[i] and not term[i] else 0.0)
         obs = next_obs
         done = info["episodes"]
         if len(done.returns):
             run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
                     step=steps)  # fmt: skip
         if len(episodes.done) >= cfg.batch_episodes:
-            out = update(cfg, net, optimizer, episodes.take(), run.state, dev)
+            out = update(cfg, net, optimizer, episodes.take(), run.state, dev, fast)
             run.state["updates"] += 1
             sps = (steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps}, step=steps)
@@ -160,12 +163,13 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
     return {**figures, "updates": run.state["updates"]}
 
 
-def final_value(cfg: ReinforceConfig, net: ActorCritic, obs: np.ndarray, device: torch.device) -> float:
-    """V(s) of a truncated episode's final observation, or 0 without a learned value."""
+def final_value(cfg: ReinforceConfig, net: ActorCritic, obs: np.ndarray, fast: FastPath) -> float:
+    """V(s) of a truncated episode's final observation, or 0 without a learned value (read back to the host: the
+    episode's returns are computed there, and a truncation is rare)."""
     if cfg.baseline != "value":
         return 0.0
-    with torch.no_grad():
-        _, value, _ = net(torch.as_tensor(obs, device=device)[None, None])
+    with torch.no_grad(), fast.autocast():
+        _, value, _ = net(torch.as_tensor(obs, device=fast.device)[None, None])
     return float(value)
 
 
@@ -183,10 +187,13 @@ def batch_tensors(cfg: ReinforceConfig, batch, device: torch.device):
     return obs, actions, returns
 
 
-def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict, device: torch.device) -> dict:
-    """One gradient step on a batch of finished episodes."""
+def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict, device: torch.device,
+           fast: FastPath | None = None) -> dict:  # fmt: skip
+    """One gradient step on a batch of finished episodes (the forward under ``fast.autocast()``; logits and
+    values come out in fp32)."""
     obs, actions, returns = batch_tensors(cfg, batch, device)
-    logits, values, _ = net(obs)
+    with (fast or FastPath(device)).autocast():
+        logits, values, _ = net(obs)
     adv = advantages(returns, cfg.baseline, values=values, running_mean=state["running_mean"])
     if cfg.normalize_advantages and adv.numel() > 1:
         adv = adv / (adv.std() + 1e-8)

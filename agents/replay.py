@@ -10,6 +10,12 @@ reward and flags) instead of 28 GB.
 
 Transitions never mix episodes: the step that restarts a finished game (``reset``) is stored as
 the first frame of the next episode, and no transition leads into it.
+
+Sampling draws (slot, env) pairs uniformly and redraws those that are not transitions (a reset step, a
+restart). On the CPU it redraws until all are valid, which reads the device back once per round; on
+CUDA (``sync_free``) it draws a fixed number of candidates per transition on the device, keeps the
+first valid one, and returns a mask that is False where none was (probability p^8 for a fraction p of
+invalid slots), so that the loss can leave those out without the host ever looking.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class Batch:
     rewards: torch.Tensor  # (B,) float32
     terminated: torch.Tensor  # (B,) float32: 1 where the episode ended (no bootstrap); truncation bootstraps
     next_obs: torch.Tensor
+    mask: torch.Tensor | None = None  # (B,) bool: False for a draw that is not a transition (sync-free sampling)
 
 
 class FrameReplay:
@@ -41,14 +48,20 @@ class FrameReplay:
         stack: frames per observation (the newest last along dim 1).
         dtype: storage dtype of frames (uint8 for pixels, float32 for state vectors).
         device: where the ring lives (sampling happens there too).
+        sync_free: sample without reading the device back, masking what is still invalid after ``REDRAWS``
+            draws (the generator then lives on ``device``); default: on CUDA only.
     """
 
+    REDRAWS = 8  # sync-free sampling: candidate draws per transition
+
     def __init__(self, capacity: int, num_envs: int, frame_shape: tuple[int, ...], *, stack: int = 4,
-                 dtype: torch.dtype = torch.uint8, device: torch.device | str = "cpu"):  # fmt: skip
+                 dtype: torch.dtype = torch.uint8, device: torch.device | str = "cpu",
+                 sync_free: bool | None = None):  # fmt: skip
         slots = capacity // num_envs
         if slots < stack + 2:
             raise ValueError(f"replay capacity {capacity} is too small for {num_envs} envs and {stack}-frame stacks")
         self.slots, self.num_envs, self.stack, self.device = slots, num_envs, stack, torch.device(device)
+        self.sync_free = self.device.type == "cuda" if sync_free is None else sync_free
         z = dict(device=self.device)
         # never read before written, so left uninitialised: a 7 GB ring costs nothing until it fills
         self.frames = torch.empty((slots, num_envs, *frame_shape), dtype=dtype, **z)
@@ -127,15 +140,21 @@ class FrameReplay:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """``batch_size`` transitions drawn uniformly (with replacement) from those held."""
+        return self.gather(*self.draw(batch_size, generator))
+
+    def draw(self, batch_size: int, generator: torch.Generator | None = None):
+        """(slot, env) indices of ``batch_size`` transitions, and the mask of those that are (None: all are)."""
         n = min(self.written, self.slots)
         if n <= self.stack + 1:
             raise ValueError(f"the replay holds {len(self)} transitions; it cannot sample yet")
         oldest = (self.pos - n + 1) % self.slots
-        # Slots whose whole stack is still in the ring and whose next frame exists; drawn until valid.
+        # Slots whose whole stack is still in the ring and whose next frame exists: ages stack-1 .. n-2.
+        if self.sync_free:
+            return self._draw_on_device(batch_size, generator, n, oldest)
         slot = torch.empty(batch_size, dtype=torch.long, device=self.device)
         env = torch.empty(batch_size, dtype=torch.long, device=self.device)
         todo = torch.ones(batch_size, dtype=torch.bool, device=self.device)
-        for _ in range(64):
+        for _ in range(64):  # drawn until valid
             k = int(todo.sum())
             if k == 0:
                 break
@@ -145,6 +164,19 @@ class FrameReplay:
             todo = ~self.valid[slot, env]
         else:
             raise RuntimeError("replay sampling found no valid transition in 64 draws")
+        return slot, env, None
+
+    def _draw_on_device(self, batch_size: int, generator: torch.Generator | None, n: int, oldest: int):
+        """REDRAWS candidates per transition at once; the first valid one is kept, the mask tells if there was one."""
+        shape, dev = (self.REDRAWS, batch_size), self.device
+        slot = (oldest + torch.randint(self.stack - 1, n - 1, shape, generator=generator, device=dev)) % self.slots
+        env = torch.randint(0, self.num_envs, shape, generator=generator, device=dev)  # (R, B)
+        ok = self.valid[slot, env]  # (R, B)
+        first = ok.to(torch.uint8).argmax(0, keepdim=True)  # (1, B): the first valid candidate (0 if none is)
+        return slot.gather(0, first).squeeze(0), env.gather(0, first).squeeze(0), ok.any(0)
+
+    def gather(self, slot: torch.Tensor, env: torch.Tensor, mask: torch.Tensor | None = None) -> Batch:
+        """The transitions at (slot, env): stacks rebuilt from the ring."""
         nxt = (slot + 1) % self.slots
         return Batch(
             obs=self._stack(slot, env),
@@ -152,4 +184,5 @@ class FrameReplay:
             rewards=self.rewards[slot, env],
             terminated=self.terminated[slot, env].float(),
             next_obs=self._stack(nxt, env),
+            mask=mask,
         )

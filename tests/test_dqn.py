@@ -1,14 +1,20 @@
-"""DQN: TD targets by hand, the pieces of the update, resume, and learning CartPole (RL Zoo's band)."""
+"""DQN: TD targets by hand, the pieces of the update, the fast path (masked loss, bf16, compile, overlapped env
+steps) on the CPU, resume, and learning CartPole (RL Zoo's band)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import backbones
-from agents.dqn import DQNConfig, QNetwork, td_target
+from agents import dqn
+from agents.common import EnvStepper, FastPath, catch_cnn, make_env
+from agents.dqn import DQNConfig, QNetwork, td_loss, td_target
+from agents.replay import FrameReplay
+from envs import vector
 from fovea.cli import main
 from fovea.errors import ConfigError
 
@@ -104,3 +110,114 @@ def test_dqn_solves_catch_from_pixels(in_tmp, capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     success_rate = (figures["eval/mean_return"] + 1) / 2  # each episode returns +1 (caught) or -1 (missed)
     assert success_rate >= 0.9, figures
+
+
+@pytest.mark.parametrize("kind", ["huber", "mse"])
+def test_masked_td_loss_is_the_plain_loss_over_the_kept_transitions(kind):
+    q, y = torch.randn(8, requires_grad=True), torch.randn(8)
+    torch.testing.assert_close(td_loss(q, y, kind, torch.ones(8, dtype=torch.bool)), td_loss(q, y, kind))
+    mask = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1], dtype=torch.bool)
+    y_left_out = torch.where(mask, y, torch.nan)  # whatever a left-out draw holds, it weighs nothing
+    loss = td_loss(q, y_left_out, kind, mask)
+    torch.testing.assert_close(loss, td_loss(q[mask], y[mask], kind))
+    loss.backward()
+    assert torch.isfinite(q.grad).all() and (q.grad[~mask] == 0).all() and (q.grad[mask] != 0).all()
+
+
+def _filled(cfg: DQNConfig, sync_free: bool):
+    """The Q-network and target of ``cfg``, and a replay (sampled without host syncs or not) of 300 random steps."""
+    torch.manual_seed(0)
+    env = make_env(cfg, cfg.num_envs, cfg.seed)
+    qnet = dqn.build(cfg, env)
+    target = dqn.build(cfg, env).requires_grad_(False)
+    shape = env.single_observation_space.shape
+    replay = FrameReplay(cfg.buffer_size, cfg.num_envs, shape, stack=1, sync_free=sync_free)
+    obs = env.reset()
+    replay.start(obs)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        actions = rng.integers(0, env.num_actions, cfg.num_envs)
+        obs, reward, term, _, info = env.step(actions)
+        replay.add(actions, reward, term, obs, info["reset"])
+    env.close()
+    return qnet, target, replay
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_sync_free_updates_in_bf16_and_fp32_on_the_cpu(amp):
+    cfg = DQNConfig(env="catch", backbone=catch_cnn(), num_envs=2, buffer_size=1000, batch_size=32, amp=amp)
+    fast = FastPath.of(cfg, "cpu")
+    assert fast.dtype == (torch.bfloat16 if amp == "bf16" else None) and not fast.sync_free
+    qnet, target, replay = _filled(cfg, sync_free=True)
+    x = replay.sample(4, torch.Generator().manual_seed(0)).obs
+    with fast.autocast():  # the trunk in bf16 under autocast, the head's Q-values in fp32 either way
+        assert qnet.backbone(x.float()).dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+        assert qnet(x).dtype == torch.float32
+    optimizer = torch.optim.Adam(qnet.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in qnet.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    outs = [dqn.update(cfg, qnet, target, optimizer, replay, gen, fast) for _ in range(5)]
+    assert all(torch.isfinite(o["loss"]) and o["loss"].dtype == torch.float32 for o in outs)
+    assert all(not torch.equal(a, b) for a, b in zip(before, qnet.parameters(), strict=True))
+
+
+def test_amp_auto_is_fp32_on_the_cpu():
+    assert FastPath.of(DQNConfig(), "cpu").dtype is None and FastPath.of(DQNConfig(amp="bf16"), "cpu").dtype
+    assert not DQNConfig(env="pong").overlaps_env("cpu") and DQNConfig(env="pong").overlaps_env("cuda")
+    assert not DQNConfig().overlaps_env("cuda") and DQNConfig(async_env="on").overlaps_env("cpu")
+    with pytest.raises(ConfigError, match="amp = 'fp8' is not allowed"):
+        DQNConfig(amp="fp8")
+
+
+def test_an_overlapped_atari_step_returns_what_step_returns():
+    """EnvStepper's send / recv (ale-py's C++ envs stepping in the background) against AtariVector.step."""
+    plain, split = (vector.make("breakout", 2, seed=3, sticky=0.25, life_loss=True) for _ in range(2))
+    stepper = EnvStepper(split, overlap=True)
+    assert stepper.background
+    np.testing.assert_array_equal(plain.reset(), split.reset())
+    rng, ends = np.random.default_rng(0), 0
+    for _ in range(400):
+        actions = rng.integers(0, plain.num_actions, 2)
+        a = plain.step(actions)
+        stepper.send(actions)
+        b = stepper.recv()
+        for x, y in zip(a[:4], b[:4], strict=True):
+            np.testing.assert_array_equal(x, y)
+        for k in ("game_over", "reset", "lives"):
+            np.testing.assert_array_equal(a[4][k], b[4][k])
+        np.testing.assert_array_equal(a[4]["episodes"].returns, b[4]["episodes"].returns)
+        ends += int(a[2].sum())
+    assert ends >= 4  # lives were lost (and games ended) along the way
+    plain.close(), split.close()
+
+
+@pytest.mark.parametrize("recipe", ["dqn-pong", "dqn-cartpole"])
+def test_overlapped_env_steps_train_as_many_updates(recipe, in_tmp):
+    from fovea import checkpoint
+
+    options = "--total-steps 200 --num-envs 2 --buffer-size 2000 --learning-starts 100 --train-every 4 " \
+              "--gradient-steps 1 --batch-size 8 --eval-every 0 --eval-episodes 0 --async-env on"  # fmt: skip
+    assert main(["train", recipe, "--name", "ov", "--wandb", "disabled", *options.split()]) == 0
+    state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/ov/checkpoints")[-1])
+    opt_state = state["objects"]["optimizer"]["state"]
+    # one gradient step each time the agent steps cross a multiple of 4, from step 100 to 200 inclusive
+    assert opt_state and all(int(s["step"]) == 26 for s in opt_state.values())
+
+
+@pytest.mark.slow
+def test_a_compiled_bf16_run_learns_checkpoints_and_resumes(in_tmp, capsys):
+    from fovea import checkpoint
+
+    argv = ["train", "dqn-catch", "--name", "co", "--wandb", "disabled", "--compile", "true", "--amp", "bf16",
+            "--total-steps", "600", "--learning-starts", "100", "--train-every", "2", "--checkpoint-every", "75",
+            "--eval-every", "0", "--eval-episodes", "2"]  # fmt: skip
+    assert main(argv) == 0
+    state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/co/checkpoints")[-1])
+    assert not [k for k in state["objects"]["qnet"] if "_orig_mod" in k]  # the keys of an uncompiled network
+    rows = [json.loads(line) for line in (in_tmp / "runs/co/metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses)), losses  # 250 updates, logged every 100
+    assert main(["train", "--resume", "runs/co", "--total-steps", "800"]) == 0
+    out = capsys.readouterr()
+    assert "from step_000000150 (step 150)" in out.err
+    assert json.loads(out.out.strip().splitlines()[-1])["agent_steps"] == 800

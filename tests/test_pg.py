@@ -11,7 +11,7 @@ import torch
 
 from agents import a2c
 from agents.a2c import A2CConfig, Rollout, collect
-from agents.common import make_env
+from agents.common import catch_cnn, make_env
 from agents.policy import sample
 from agents.reinforce import Episodes, ReinforceConfig, advantages, batch_tensors, policy_loss
 from agents.returns import gae, nstep_returns, returns_to_go
@@ -238,3 +238,48 @@ def test_without_evaluations_the_final_network_is_the_one_evaluated(in_tmp, caps
     assert all(torch.equal(net[k], best[k]) for k in net)
     assert main(["eval", "runs/noeval", "--episodes", "3"]) == 0
     assert _last_json(capsys)["best_step"] == 800
+
+
+@pytest.mark.parametrize(("recipe", "extra"), [("a2c-catch", []), ("reinforce-catch", ["--batch-episodes", "8"])])
+def test_policy_gradients_learn_in_bf16_on_the_cpu(recipe, extra, in_tmp):
+    argv = ["train", recipe, "--name", "bf", "--wandb", "disabled", "--amp", "bf16", "--total-steps", "640",
+            "--eval-episodes", "0", *extra]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (in_tmp / "runs/bf/metrics.jsonl").read_text().splitlines()]
+    figures = [r[k] for r in rows for k in ("train/policy_loss", "train/entropy") if k in r]
+    assert len(figures) >= 2 and np.isfinite(figures).all()
+
+
+def test_the_update_reads_the_transitions_by_index_as_the_mask_did():
+    """A2C's update selects the rollout's transitions with indices the host knows (no device read-back);
+    the losses are those of boolean-mask selection."""
+    torch.manual_seed(0)
+    cfg = A2CConfig(env="catch", num_envs=3, n_steps=12, backbone=catch_cnn())
+    env = make_env(cfg, cfg.num_envs, seed=0)
+    net = a2c.build(cfg, env)
+    buf = Rollout(3, 12, env.single_observation_space.shape, torch.uint8, torch.device("cpu"))
+    obs, starts, gen = env.reset(), np.ones(3, bool), torch.Generator().manual_seed(0)
+    _, _, _, last_value = collect(cfg, env, net, buf, obs, starts, None, gen, [])
+    env.close()
+    assert not buf.valid.all()  # a Catch episode lasts 9 steps: 12 steps hold a restart
+    out = a2c.update(cfg, net, torch.optim.SGD(net.parameters(), lr=0.0), buf, last_value, None)
+    valid = torch.as_tensor(buf.valid)
+    logits, values, _ = net(buf.obs)
+    adv = gae(torch.as_tensor(buf.rewards), buf.values, torch.cat([buf.values[:, 1:], last_value[:, None]], 1),
+                  torch.as_tensor(buf.terminated), torch.as_tensor(buf.ends), cfg.gamma, cfg.gae_lambda)  # fmt: skip
+    logp = torch.log_softmax(logits[valid], -1).gather(1, buf.actions[valid][:, None]).squeeze(1)
+    torch.testing.assert_close(out["policy_loss"], -(adv[valid] * logp).mean())
+    torch.testing.assert_close(out["value_loss"], ((values[valid] - (adv + buf.values)[valid]) ** 2).mean())
+
+
+@pytest.mark.slow
+def test_a_compiled_a2c_run_checkpoints_and_resumes(in_tmp, capsys):
+    from fovea import checkpoint
+
+    argv = ["train", "a2c-cartpole", "--name", "co", "--wandb", "disabled", "--compile", "true", "--total-steps",
+            "400", "--checkpoint-every", "5", "--eval-every", "0", "--eval-episodes", "2"]  # fmt: skip
+    assert main(argv) == 0
+    state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/co/checkpoints")[-1])
+    assert not [k for k in state["objects"]["net"] if "_orig_mod" in k]
+    assert main(["train", "--resume", "runs/co", "--total-steps", "600"]) == 0
+    assert _last_json(capsys)["agent_steps"] == 600

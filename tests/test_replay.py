@@ -44,10 +44,11 @@ class FakeStackEnv:
         return self.stacks.copy(), reward, term, trunc, reset
 
 
+@pytest.mark.parametrize("sync_free", [False, True], ids=["checked", "sync-free"])
 @pytest.mark.parametrize(("capacity", "stack"), [(2000, 4), (60, 4), (45, 1)])  # small capacities wrap many times
-def test_every_sample_is_a_real_transition(capacity, stack):
+def test_every_sample_is_a_real_transition(capacity, stack, sync_free):
     env = FakeStackEnv(num_envs=3, stack=stack, episode_len=[5, 7, 3])
-    replay = FrameReplay(capacity, 3, (2, 2), stack=stack, dtype=torch.int64)
+    replay = FrameReplay(capacity, 3, (2, 2), stack=stack, dtype=torch.int64, sync_free=sync_free)
     obs = env.reset()
     replay.start(obs if stack > 1 else obs[:, -1])
     truth = {}  # newest frame value of obs -> (obs, action, reward, terminated, next_obs)
@@ -61,7 +62,10 @@ def test_every_sample_is_a_real_transition(capacity, stack):
         obs = nxt
         if step > 20 and step % 7 == 0:
             b = replay.sample(64, gen)
+            assert (b.mask is not None) == sync_free  # the checked path redraws until every one is valid
             for i in range(64):
+                if b.mask is not None and not b.mask[i]:
+                    continue  # (left out of the loss; test_sync_free_sampling_masks_what_it_cannot_redraw)
                 key = int(b.obs[i, -1, 0, 0]) if stack > 1 else int(b.obs[i, 0, 0])
                 o, a, r, d, n = truth[key]  # KeyError: a transition out of a reset step was sampled
                 want_o, want_n = (o, n) if stack > 1 else (o[-1], n[-1])
@@ -69,6 +73,38 @@ def test_every_sample_is_a_real_transition(capacity, stack):
                 np.testing.assert_array_equal(b.next_obs[i].numpy(), want_n)
                 assert (b.actions[i].item(), b.terminated[i].item()) == (a, float(d))
                 assert b.rewards[i].item() == pytest.approx(r)
+
+
+def _mostly_resets(capacity: int = 200, sync_free: bool = True) -> FrameReplay:
+    """A one-env ring of 4-frame stacks where three steps in four only restart a game (not transitions)."""
+    replay = FrameReplay(capacity, 1, (2, 2), stack=4, dtype=torch.int64, sync_free=sync_free)
+    replay.start(np.zeros((1, 4, 2, 2), np.int64))
+    for t in range(1, 3 * capacity):
+        frame = np.full((1, 4, 2, 2), t, np.int64)
+        replay.add([t % 3], [float(t)], [t % 5 == 0], frame, [t % 4 != 0])
+    return replay
+
+
+def test_sync_free_sampling_masks_what_it_cannot_redraw():
+    replay = _mostly_resets()
+    slot, env, mask = replay.draw(4096, torch.Generator().manual_seed(0))
+    # kept: exactly the draws that are transitions; left out: about 0.75 ** REDRAWS of them (10%), never all
+    torch.testing.assert_close(mask, replay.valid[slot, env])
+    assert 0.05 < 1 - mask.float().mean() < 0.16
+    # the first valid of independent uniform candidates is uniform over the transitions held
+    counts = torch.bincount(slot[mask], minlength=replay.slots)[replay.valid[:, 0]].float()
+    assert len(counts) == 49 and 0.7 * counts.mean() < counts.min() and counts.max() < 1.3 * counts.mean()
+
+
+def test_sync_free_stacks_equal_the_checked_path_s():
+    fast, checked = _mostly_resets(sync_free=True), _mostly_resets(sync_free=False)
+    slot, env, mask = fast.draw(256, torch.Generator().manual_seed(1))
+    a, b = fast.sample(256, torch.Generator().manual_seed(1)), checked.gather(slot, env)
+    assert b.mask is None and torch.equal(a.mask, mask)
+    for field in ("obs", "actions", "rewards", "terminated", "next_obs"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    c = checked.sample(256, torch.Generator().manual_seed(1))  # the checked path draws until all are valid
+    assert c.mask is None and len({int(x) for x in c.obs[:, -1, 0, 0]}) > 40
 
 
 def test_truncation_bootstraps_and_termination_does_not():
