@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from agents import common, watch
 from agents.common import (
     AgentConfig,
+    Carry,
     FastPath,
     build_trunk,
     catch_cnn,
@@ -38,6 +39,7 @@ from agents.common import (
     pixel_scale,
     play,
     return_figures,
+    to_device,
 )
 from agents.policy import ActorCritic, PolicyActor, sample
 from agents.returns import gae
@@ -133,16 +135,21 @@ def train(cfg: A2CConfig, run: Run) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / iterations if cfg.lr_decay else 1.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.track(net=net, best=best, optimizer=optimizer, scheduler=sched, generator=gen)
+    n, t_len, dev = cfg.num_envs, cfg.n_steps, run.device
+    # starts: the observations that begin episodes; state: the recurrent state before them
+    carry = Carry(starts=np.ones(n, bool), state=net.initial_state(n, dev))
+    if hasattr(env, "state_dict"):  # CartPole, Catch: an exact resume plays on from the step it stopped at
+        run.track_optional(env=env, carry=carry)
     evaluate = lambda m: evaluate_policy(cfg, m, run.device)  # noqa: E731
     run.restore()
 
-    n, t_len, dev = cfg.num_envs, cfg.n_steps, run.device
     space = env.single_observation_space
     dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
     buf = Rollout(n, t_len, space.shape, dtype, dev)
-    obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
-    starts = np.ones(n, bool)  # these observations begin episodes
-    state = net.initial_state(n, dev)
+    if run.restored("env") and run.restored("carry"):
+        obs, starts, state = env.obs, np.asarray(carry.values["starts"], bool), to_device(carry.values["state"], dev)
+    else:  # a new run, or a resumed Atari run, which plays new games
+        obs, starts, state = env.reset(seed=cfg.seed + run.step), np.ones(n, bool), net.initial_state(n, dev)
     width = n * t_len
     episodes: list = []  # (rollout step, finished games) of the current rollout
     start_time, start_steps = time.perf_counter(), run.step * width
@@ -151,6 +158,7 @@ def train(cfg: A2CConfig, run: Run) -> dict:
         state0 = None if state is None else tuple(s.clone() for s in state)
         with fast.autocast():
             obs, starts, state, last_value = collect(cfg, env, net, buf, obs, starts, state, gen, episodes)
+        carry.values.update(starts=starts, state=state)
         for t, done in episodes:
             run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
                     step=steps - width + (t + 1) * n)  # fmt: skip

@@ -168,6 +168,30 @@ class EnvStepper:
         return obs, reward.astype(np.float32), terminated & live, truncated & live, info
 
 
+class Carry:
+    """What an agent's loop carries from one iteration to the next and an exact resume needs besides the envs
+    (episode-start masks, a recurrent state), tracked by the Run: ``values`` is what a checkpoint holds (arrays,
+    tensors, tuples of them, numbers or None)."""
+
+    def __init__(self, **values):
+        self.values = dict(values)
+
+    def state_dict(self) -> dict:
+        return dict(self.values)
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.values):
+            raise ValueError(f"the loop state holds {sorted(state)}, this run carries {sorted(self.values)}")
+        self.values = dict(state)
+
+
+def to_device(x, device: torch.device):
+    """A tensor, or a tuple of them (a recurrent state), on ``device``; None stays None."""
+    if x is None:
+        return None
+    return tuple(t.to(device) for t in x) if isinstance(x, tuple | list) else x.to(device)
+
+
 def make_env(cfg: AgentConfig, num_envs: int, seed: int, evaluation: bool = False):
     """The training (or, with ``evaluation``, the full-game) vector env of ``cfg``."""
     atari = dict(sticky=cfg.sticky, life_loss=cfg.life_loss and not evaluation)

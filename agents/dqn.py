@@ -211,6 +211,8 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     evaluate = lambda net: evaluate_policy(cfg, net, run.device)  # noqa: E731
     if cfg.save_replay:
         run.track(replay=replay)
+    if hasattr(env, "state_dict"):  # CartPole, Catch: the envs play on from the step they stopped at
+        run.track_optional(env=env)
     run.restore()
 
     overlap = cfg.overlaps_env(run.device)
@@ -224,11 +226,18 @@ def train(cfg: DQNConfig, run: Run) -> dict:
         envs.send(actions)
         return actions, epsilon
 
-    obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
-    replay.start(obs)
+    # An exact resume (the envs' state and the replay came back) goes on mid-episode; otherwise (Atari, or no
+    # --save-replay) the replay starts a new stream, and Atari plays new games.
+    obs = env.obs if run.restored("env") else env.reset(seed=cfg.seed + run.step)
+    if not (run.restored("env") and run.restored("replay")):
+        replay.start(obs)
     iterations = cfg.total_steps // cfg.num_envs
-    start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, 0
+    start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, run.state.get("updates", 0)
     pending = None  # (actions, epsilon) of a step sent to the envs ahead of this iteration (overlap)
+    if overlap and run.restored("env") and run.state.get("pending"):  # the step that was sent before the stop
+        actions, epsilon = run.state["pending"]
+        pending = (np.asarray(actions), float(epsilon))
+        envs.send(pending[0])
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
         steps = it * cfg.num_envs  # agent steps after this iteration
         actions, epsilon = pending or act(obs, steps)
@@ -242,12 +251,15 @@ def train(cfg: DQNConfig, run: Run) -> dict:
             run.log({**episode, "train/epsilon": epsilon}, step=steps)
         # overlap: the next step runs in the envs while this one's updates run (they do not need it)
         pending = act(obs, steps + cfg.num_envs) if overlap and it < iterations else None
+        if overlap:
+            run.state["pending"] = None if pending is None else [pending[0].tolist(), pending[1]]
         if steps < cfg.learning_starts or len(replay) < cfg.batch_size:
             continue
         phases = steps // cfg.train_every - (steps - cfg.num_envs) // cfg.train_every
         for _ in range(phases * cfg.gradient_steps):
             out = update(cfg, qnet, target, optimizer, replay, sample_gen, fast)
             updates += 1
+            run.state["updates"] = updates
             if updates % 100 == 0:
                 sps = (steps - start_steps) / (time.perf_counter() - start_time)
                 run.log({"train/loss": out["loss"], "train/q_values": out["q"], "perf/sps": sps}, step=steps)

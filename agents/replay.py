@@ -85,17 +85,24 @@ class FrameReplay:
     _TENSORS = ("frames", "actions", "rewards", "terminated", "first", "valid")
 
     def state_dict(self) -> dict:
-        """Everything the ring holds, for a checkpoint (``--save-replay``)."""
-        return {**{k: getattr(self, k) for k in self._TENSORS}, "pos": self.pos, "written": self.written}
+        """Everything the ring holds, for a checkpoint (``--save-replay``): the slots written so far (slots
+        ``0 .. written-1``, all of them once the ring is full), so a young buffer makes a small checkpoint and
+        never-written memory is not saved."""
+        n = min(self.written, self.slots)
+        return {**{k: getattr(self, k)[:n] for k in self._TENSORS}, "pos": self.pos, "written": self.written}
 
     def load_state_dict(self, state: dict) -> None:
+        written = int(state["written"])
         for k in self._TENSORS:
-            mine = getattr(self, k)
-            if tuple(state[k].shape) != tuple(mine.shape) or state[k].dtype != mine.dtype:
-                raise ValueError(f"replay {k} is {tuple(state[k].shape)} {state[k].dtype}, expected "
-                                 f"{tuple(mine.shape)} {mine.dtype}")  # fmt: skip
-            mine.copy_(state[k])
-        self.pos, self.written = int(state["pos"]), int(state["written"])
+            mine, theirs = getattr(self, k), state[k]
+            n = theirs.shape[0] if theirs.dim() else -1
+            if tuple(theirs.shape[1:]) != tuple(mine.shape[1:]) or theirs.dtype != mine.dtype or not (
+                n in (written, self.slots) and n <= self.slots
+            ):
+                raise ValueError(f"replay {k} is {tuple(theirs.shape)} {theirs.dtype} with {written} slots written, "
+                                 f"expected {tuple(mine.shape)} {mine.dtype}")  # fmt: skip
+            mine[:n].copy_(theirs)
+        self.pos, self.written = int(state["pos"]), written
 
     def _newest(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
         obs = torch.as_tensor(obs, device=self.device)

@@ -157,6 +157,8 @@ class Run:
         self.step = 0
         self.state: dict[str, Any] = {}
         self._objects: dict[str, Any] = {}
+        self._optional: set[str] = set()  # tracked objects an older checkpoint may lack
+        self._loaded: set[str] = set()  # what the last restore loaded
         self._stop: int | None = None
         self._progress: Progress | None = None
         self._show: str | None = None
@@ -242,6 +244,16 @@ class Run:
                 raise TypeError(f"run.track({k}=...) needs state_dict()/load_state_dict() or a torch.Generator")
             self._objects[k] = obj
 
+    def track_optional(self, **objects: Any) -> None:
+        """Like ``track``, for objects a checkpoint may lack (one written before they were tracked, or by a run
+        that could not save them): a restore leaves those as they are, and ``restored(name)`` tells."""
+        self.track(**objects)
+        self._optional.update(objects)
+
+    def restored(self, name: str) -> bool:
+        """Whether the last ``restore`` loaded the tracked object ``name`` from a checkpoint."""
+        return name in self._loaded
+
     def _gather(self) -> dict[str, Any]:
         objs = {
             k: (o.get_state() if isinstance(o, torch.Generator) else o.state_dict()) for k, o in self._objects.items()
@@ -302,10 +314,14 @@ class Run:
         if not isinstance(objs, dict):
             raise CheckpointError(f"{path} is malformed: it holds no objects")
         objs = {**{k: objs[v] for k, v in fallback.items() if k not in objs and v in objs}, **objs}
-        missing = sorted(set(self._objects) - set(objs))
+        missing = sorted(set(self._objects) - set(objs) - self._optional)
         if missing:
             raise CheckpointError(f"{path} holds no {', '.join(missing)}: it was written by another model")
+        loaded = set()
         for k, obj in self._objects.items():
+            if k not in objs:  # an optional object this checkpoint does not hold
+                continue
+            loaded.add(k)
             try:
                 if isinstance(obj, torch.Generator):
                     obj.set_state(objs[k])
@@ -324,7 +340,7 @@ class Run:
                     seed_everything(getattr(self.config, "seed", 0) + 7919 * distributed.rank() + int(state["step"]))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e})") from None
-        self.step, self.state = step, run_state
+        self.step, self.state, self._loaded = step, run_state, loaded
         return offset
 
     def _commit_resume(self, offset: int) -> None:
