@@ -62,8 +62,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=3, help="how many recent checkpoints to keep (default: 3)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake like every other one (one ``error:`` line, exit 2) instead of printing
+    its usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (`{self.prog} --help` lists the options)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fovea", description="Learning from pixels: train, evaluate and compare models.",
+    p = _Parser(prog="fovea", description="Learning from pixels: train, evaluate and compare models.",
                                 allow_abbrev=False)  # fmt: skip
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("recipes", help="list every recipe with a one-line description")
@@ -499,7 +507,10 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
-    args, rest = p.parse_known_args(argv)
+    try:
+        args, rest = p.parse_known_args(argv)
+    except UsageError as e:
+        return _fail(str(e))
     if args.command is None:
         p.print_help()
         return 0

@@ -158,6 +158,7 @@ class Run:
         self.state: dict[str, Any] = {}
         self._objects: dict[str, Any] = {}
         self._optional: set[str] = set()  # tracked objects an older checkpoint may lack
+        self._tracking: dict | None = None  # how to start the tracker, once there is something to track
         self._loaded: set[str] = set()  # what the last restore loaded
         self._stop: int | None = None
         self._progress: Progress | None = None
@@ -198,10 +199,18 @@ class Run:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir.mkdir(exist_ok=True)
-        if not resume:  # a resume records its config only once restore() has shown the checkpoint fits
+        self._tracking = dict(mode=wandb, project=project)
+        if not resume:  # a resume records its config, and starts W&B, once restore() has shown the checkpoint fits
             _write_json(self.dir / "config.json", self.meta)
-        self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
-                               config={"recipe": recipe, **config.to_dict()}, say=self.say)  # fmt: skip
+            self._start_tracker()
+
+    def _start_tracker(self) -> None:
+        """Start W&B and metrics.jsonl: a new run at once, a resume once its checkpoint has loaded, an evaluation
+        when it first logs (so a mistake that stops either one leaves the run folder as it was)."""
+        if self.tracker is None and self.main and self._tracking is not None:
+            config = {"recipe": self.recipe, **self.config.to_dict()}
+            self.tracker = Tracker(self.dir, name=self.name, run_id=self.meta["wandb_id"], say=self.say, config=config,
+                                   **self._tracking)  # fmt: skip
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Run:
@@ -347,8 +356,8 @@ class Run:
         """Once a resume is known to work: cut metrics.jsonl back to the checkpoint and record the config."""
         if not self.main:
             return
-        if self.tracker is not None:
-            self.tracker.truncate(offset)
+        self._start_tracker()
+        self.tracker.truncate(offset)
         self.meta["config"] = self.config.to_dict()  # the values this session runs with (overrides included)
         _write_json(self.dir / "config.json", self.meta)
 
@@ -368,6 +377,7 @@ class Run:
         """
         every = max(1, int(getattr(self.config, "checkpoint_every", 0) or total))
         self._show = show
+        self._start_tracker()  # (a resume starts it in restore(); a train function that never restores, here)
         if self.step >= total:
             self.say(f"{self.dir} is at step {self.step} of {total}; nothing to train (raise the total to go on)")
         self._start_progress(total, unit)
@@ -415,6 +425,7 @@ class Run:
         so algorithms can hand over device tensors and sync only when logging."""
         values = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         step = self.step if step is None else step
+        self._start_tracker()
         if self.tracker is not None:
             self.tracker.log(values, step)
         diverged = [k for k, v in values.items() if "loss" in k and not math.isfinite(v)]
@@ -430,24 +441,25 @@ class Run:
     def log_image(self, key: str, image: Any, folder: str = "media", step: int | None = None) -> Path | None:
         """An image (PNG in the run folder, W&B media) at ``step`` (default: the current step)."""
         step = self.step if step is None else step
+        self._start_tracker()
         return self.tracker.log_image(key, image, step, folder) if self.tracker else None
 
     def log_video(self, key: str, path: str | Path, step: int | None = None) -> None:
         """An MP4 in the run folder, logged to W&B as a video at ``step`` (default: the current step)."""
+        self._start_tracker()
         if self.tracker is not None:
             self.tracker.log_video(key, path, self.step if step is None else step)
 
     def attach_tracker(self, wandb: str = "auto", project: str = "fovea") -> None:
         """For evaluation: log media (videos, images) into the run's own W&B run (with ``wandb`` disabled, PNGs
-        and videos still land in the run folder)."""
-        if self.tracker is None:
-            self.tracker = Tracker(self.dir, mode=wandb, project=project, name=self.name, run_id=self.meta["wandb_id"],
-                                   config={"recipe": self.recipe, **self.config.to_dict()}, say=self.say)  # fmt: skip
+        and videos still land in the run folder). W&B starts when the evaluation first logs."""
+        self._tracking = dict(mode=wandb, project=project)
 
     def finish(self, figures: dict[str, Any]) -> None:
         """Record the final figures (W&B summary and ``runs/NAME/summary.json``)."""
         if not self.main:
             return
+        self._start_tracker()
         if self.tracker is not None:
             self.tracker.summary(figures)
         _write_json(self.dir / ("eval.json" if self.evaluating else "summary.json"), figures)

@@ -138,8 +138,12 @@ class Tracker:
         out = self.run_dir / folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}_{step:08d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".tmp-{out.name}")
-        Image.fromarray(_to_image(image)).save(tmp, format="PNG")
-        os.replace(tmp, out)
+        try:
+            Image.fromarray(_to_image(image)).save(tmp, format="PNG")
+            os.replace(tmp, out)
+        except BaseException:  # a full disk: no half-written picture is left behind
+            tmp.unlink(missing_ok=True)
+            raise
         if self.wb is not None:
             import wandb
 
@@ -160,7 +164,11 @@ class Tracker:
         try:
             self.wb.log(row)
         except Exception as e:  # noqa: BLE001
-            self.say(f"W&B: logging failed ({type(e).__name__}: {e}); metrics go to metrics.jsonl only from now on.")
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            where = getattr(getattr(self.wb, "settings", None), "sync_dir", None)
+            later = f" Upload what W&B holds later with: wandb sync {os.path.relpath(where)}." if where else ""
+            self.say(f"W&B: logging failed ({type(e).__name__}: {first}); training goes on and every metric still "
+                     f"goes to {self.metrics_path}.{later}")  # fmt: skip
             self.wb = None
 
     def offset(self) -> int:
