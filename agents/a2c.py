@@ -163,9 +163,9 @@ def train(cfg: A2CConfig, run: Run) -> dict:
             run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
                     step=steps - width + (t + 1) * n)  # fmt: skip
         episodes.clear()
-        out = update(cfg, net, optimizer, buf, last_value, state0, fast)
+        out = update(cfg, net, optimizer, buf, last_value, state0, fast, skip=run.skip_step)
         sched.step()
-        if it % 20 == 0 or it == iterations:
+        if out is not None and (it % 20 == 0 or it == iterations):
             sps = (steps - start_steps) / (time.perf_counter() - start_time)
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps,
                      "train/lr": sched.get_last_lr()[0]}, step=steps)  # fmt: skip
@@ -206,7 +206,7 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
 
 
 def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value: torch.Tensor, state0,
-           fast: FastPath | None = None) -> dict:  # fmt: skip
+           fast: FastPath | None = None, skip=None) -> dict | None:  # fmt: skip
     """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward
     (under ``fast.autocast()``; logits and values come out in fp32, so the losses are fp32). No host sync."""
     dev = buf.values.device
@@ -233,6 +233,9 @@ def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value
     loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if skip is not None and skip(loss, net.parameters()):  # Run.skip_step: a NaN loss or gradient, left out
+        optimizer.zero_grad(set_to_none=True)
+        return None
     grad_norm = clip_grads(net, cfg.max_grad_norm)
     optimizer.step()
     out = {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "entropy": entropy.detach()}

@@ -257,10 +257,10 @@ def train(cfg: DQNConfig, run: Run) -> dict:
             continue
         phases = steps // cfg.train_every - (steps - cfg.num_envs) // cfg.train_every
         for _ in range(phases * cfg.gradient_steps):
-            out = update(cfg, qnet, target, optimizer, replay, sample_gen, fast)
+            out = update(cfg, qnet, target, optimizer, replay, sample_gen, fast, skip=run.skip_step)
             updates += 1
             run.state["updates"] = updates
-            if updates % 100 == 0:
+            if out is not None and updates % 100 == 0:
                 sps = (steps - start_steps) / (time.perf_counter() - start_time)
                 run.log({"train/loss": out["loss"], "train/q_values": out["q"], "perf/sps": sps}, step=steps)
         if crossed(steps, cfg.num_envs, cfg.target_update_every):
@@ -272,10 +272,11 @@ def train(cfg: DQNConfig, run: Run) -> dict:
 
 
 def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen,
-           fast: FastPath | None = None) -> dict:  # fmt: skip
+           fast: FastPath | None = None, skip=None) -> dict | None:  # fmt: skip
     """One gradient step on a sampled minibatch; returns the loss and mean Q(s, a) as tensors (no host sync
     on CUDA, where the replay samples on the device). The forward passes run under ``fast.autocast()``; the
-    Q-values come out of the head in fp32, so the TD target and the loss are fp32."""
+    Q-values come out of the head in fp32, so the TD target and the loss are fp32. ``skip`` (``Run.skip_step``)
+    can leave out an update whose loss or gradient is not finite: then nothing changes and it returns None."""
     fast = fast or FastPath(replay.device)
     b = replay.sample(cfg.batch_size, gen)
     with torch.no_grad(), fast.autocast():
@@ -287,6 +288,9 @@ def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: 
     loss = td_loss(q, y, cfg.loss, b.mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if skip is not None and skip(loss, qnet.parameters()):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     clip_grads(qnet, cfg.max_grad_norm)
     optimizer.step()
     return {"loss": loss.detach(), "q": masked_mean(q.detach(), b.mask)}

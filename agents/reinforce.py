@@ -152,10 +152,11 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
             run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
                     step=steps)  # fmt: skip
         if len(episodes.done) >= cfg.batch_episodes:
-            out = update(cfg, net, optimizer, episodes.take(), run.state, dev, fast)
-            run.state["updates"] += 1
-            sps = (steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
-            run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps}, step=steps)
+            out = update(cfg, net, optimizer, episodes.take(), run.state, dev, fast, skip=run.skip_step)
+            if out is not None:  # (None: --on-nonfinite skip left a non-finite update out)
+                run.state["updates"] += 1
+                sps = (steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
+                run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps}, step=steps)
         if cfg.eval_episodes and crossed(steps, n, cfg.eval_every) and it < iterations:
             common.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
@@ -188,7 +189,7 @@ def batch_tensors(cfg: ReinforceConfig, batch, device: torch.device):
 
 
 def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict, device: torch.device,
-           fast: FastPath | None = None) -> dict:  # fmt: skip
+           fast: FastPath | None = None, skip=None) -> dict | None:  # fmt: skip
     """One gradient step on a batch of finished episodes (the forward under ``fast.autocast()``; logits and
     values come out in fp32)."""
     obs, actions, returns = batch_tensors(cfg, batch, device)
@@ -208,6 +209,9 @@ def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict
         out["value_loss"] = value_loss.detach()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if skip is not None and skip(loss, net.parameters()):  # Run.skip_step: a NaN loss or gradient, left out
+        optimizer.zero_grad(set_to_none=True)
+        return None
     grad_norm = common.clip_grads(net, cfg.max_grad_norm)
     optimizer.step()
     # the running mean moves after it was used, so each batch's baseline does not depend on its own returns;

@@ -60,6 +60,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="W&B mode; auto: online when logged in, offline otherwise")  # fmt: skip
     p.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
     p.add_argument("--keep-checkpoints", type=int, default=3, help="how many recent checkpoints to keep (default: 3)")
+    p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="a NaN or infinite loss or gradient: stop the run, keeping the last good checkpoint (default), "
+                   "or skip that update (one device read per update)")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -253,7 +256,8 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
         raise UsageError(f"{recipe.name} does not train under torchrun: generative and classifier recipes do "
                          f"(agents scale with --num-envs on one process); train it without torchrun")  # fmt: skip
     device = distributed.setup(args.device)  # under torchrun: join the process group, take this rank's device
-    opts = dict(device=device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
+    opts = dict(device=device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,
+                nonfinite=args.on_nonfinite)
     if getattr(args, "resume", None):
         run = Run(recipe.name, cfg, run_dir=args.resume, resume=True, **opts)
     elif distributed.active():  # rank 0 creates the run (its default name has the time in it); the others join it
@@ -270,6 +274,8 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
         with run:
             run.say(f"Training {recipe.name} into {run.dir} on {run.device}.")
             figures = recipe.task.train(cfg, run)
+            if run.state.get("skipped_updates"):
+                figures["skipped_updates"] = run.state["skipped_updates"]
             figures["wall_s"] = round(time.perf_counter() - start, 2)
             run.finish(figures)
     except (FoveaError, ValueError):
@@ -447,7 +453,8 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
     search_dir = runs_dir / name
     if search_dir.exists():
         raise UsageError(f"{search_dir} already exists; pick another --name")
-    options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints)
+    options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,
+                   nonfinite=args.on_nonfinite)
     result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.rank_by,
                     seed=args.search_seed, search_dir=search_dir, run_options=options, say=err.print)  # fmt: skip
     table = Table(title=f"search {recipe.name}: {search_dir} (ranked by {args.rank_by})", header_style="bold")

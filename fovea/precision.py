@@ -60,22 +60,28 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter] = (),
-                 clip: float = 0.0) -> None:  # fmt: skip
+                 clip: float = 0.0, skip: Callable[[], bool] | None = None) -> bool:  # fmt: skip
         """zero_grad, backward, optional gradient-norm clipping, step (scaled and unscaled around them for fp16;
-        a step whose gradients overflowed is skipped by the scaler, as torch.amp intends)."""
+        a step whose gradients overflowed is skipped by the scaler, as torch.amp intends). ``skip``, asked after
+        the backward pass, can leave the step out (``Run.skip_step``: a NaN loss or gradient); returns whether the
+        optimizer stepped (or, for fp16, was handed the step)."""
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
+            if skip is not None and skip():
+                optimizer.zero_grad(set_to_none=True)
+                return False
             if clip:
                 nn.utils.clip_grad_norm_(list(params), clip)
             optimizer.step()
-            return
+            return True
         self.scaler.scale(loss).backward()
         if clip:
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(list(params), clip)
         self.scaler.step(optimizer)
         self.scaler.update()
+        return True
 
 
 def channels_last(module: nn.Module, device: torch.device) -> nn.Module:

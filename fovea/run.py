@@ -39,6 +39,7 @@ from fovea.config import Config
 from fovea.errors import CheckpointError, RunError
 from fovea.tracking import MODES, Tracker, sweep_run_id
 
+NONFINITE = ("stop", "skip")  # what --on-nonfinite does with a NaN or infinite loss or gradient
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -144,11 +145,16 @@ class Run:
 
     def __init__(self, recipe: str, config: Config, *, name: str | None = None, runs_dir: str | Path = "runs",
                  device: str = "auto", wandb: str = "auto", project: str = "fovea", keep_checkpoints: int = 3,
+                 nonfinite: str = "stop",
                  resume: bool = False, run_dir: str | Path | None = None, evaluate: bool = False):  # fmt: skip
         if wandb not in MODES:
             raise RunError(f"--wandb {wandb!r} is not a mode; use one of {', '.join(MODES)}")
         if keep_checkpoints < 1:
             raise RunError(f"--keep-checkpoints {keep_checkpoints} must be at least 1")
+        if nonfinite not in NONFINITE:
+            raise RunError(f"--on-nonfinite {nonfinite!r}: use stop (end the run, keeping the last good checkpoint) "
+                           f"or skip (leave such updates out)")  # fmt: skip
+        self.nonfinite = nonfinite
         self.recipe, self.config = recipe, config
         self.device = pick_device(device)
         self.main = distributed.is_main()  # under torchrun only rank 0 writes; the other ranks train alongside
@@ -284,6 +290,28 @@ class Run:
     def _pinned(self) -> list[Path]:
         best = self.state.get("best_checkpoint")
         return [self.ckpt_dir / best] if best else []
+
+    def skip_step(self, loss: torch.Tensor, parameters) -> bool:
+        """With ``--on-nonfinite skip``: True when ``loss`` or a gradient of ``parameters`` is NaN or infinite, after
+        a notice naming the step and the loss (the first three times, then every tenfold); the caller leaves that
+        update out and counts none of it. It reads the device once per update, so only in skip mode; with ``stop``
+        (the default) it is always False, and a non-finite loss ends the run when it is logged."""
+        if self.nonfinite != "skip":
+            return False
+        finite = torch.isfinite(loss.detach()).all()
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            finite = finite & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if bool(finite):
+            return False
+        n = self.state["skipped_updates"] = self.state.get("skipped_updates", 0) + 1
+        if n <= 3 or math.log10(n).is_integer():
+            what = f"loss = {float(loss.detach().float().reshape(-1)[0])}"
+            if math.isfinite(float(loss.detach().float().reshape(-1)[0])):
+                what += " with a non-finite gradient"
+            self.say(f"step {self.step}: {what}; this update was skipped ({n} so far; --on-nonfinite stop ends the "
+                     f"run instead)")  # fmt: skip
+        return True
 
     def latest_checkpoint(self) -> Path | None:
         found = checkpoint.list_checkpoints(self.ckpt_dir)

@@ -197,7 +197,10 @@ def train_epoch(cfg: GenConfig, model: GenerativeModel, optimizers: dict, data: 
             with step.precision[player].autocast():
                 out = step.loss((images, labels), player)
             loss = distributed.scale_loss(out["loss"].float(), len(images), total)
-            step.precision[player].backward(loss, optimizers[player], model.player_parameters(player), cfg.grad_clip)
+            skip = (lambda: step.skip(loss, model.player_parameters(player))) if step.skip else None  # noqa: B023 (called within backward)
+            params = model.player_parameters(player)
+            if not step.precision[player].backward(loss, optimizers[player], params, cfg.grad_clip, skip=skip):
+                continue  # --on-nonfinite skip: this player's step counts for nothing
             for k, v in out.items():
                 key = k if len(model.players) == 1 or k != "loss" else None
                 if key is not None:
@@ -212,8 +215,9 @@ class TrainStep:
     """How ``train_epoch`` runs a model's loss: under DistributedDataParallel with torchrun, compiled with
     ``compile``, in the config's precision (one GradScaler per player for fp16; ``scalers()`` are tracked)."""
 
-    def __init__(self, cfg: GenConfig, model: GenerativeModel):
+    def __init__(self, cfg: GenConfig, model: GenerativeModel, skip=None):
         self.precision = {p: Precision(cfg.amp, model.device) for p in model.players}
+        self.skip = skip  # Run.skip_step: leaves out an update whose loss or gradient is not finite
         self.loss = compiled(distributed.wrap(model, "loss", find_unused=len(model.players) > 1), cfg.compile)
 
     def scalers(self) -> dict:
@@ -269,7 +273,7 @@ def train(cfg: GenConfig, run: Run) -> dict:
     best = copy.deepcopy(model)
     optimizers = make_optimizers(cfg, model)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
-    step = TrainStep(cfg, model)
+    step = TrainStep(cfg, model, skip=run.skip_step)
     run.track(model=model, best=best, generator=shuffle, **{f"optimizer_{p}": o for p, o in optimizers.items()},
               **step.scalers())  # fmt: skip
     run.restore()

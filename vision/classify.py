@@ -291,7 +291,9 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
             first = not logged
             if first:  # the update / weight ratio of the epoch's first step (notes 6.6)
                 ratios.before()
-            precision.backward(loss, optimizer)
+            skip = lambda: run.skip_step(loss, model.parameters())  # noqa: E731, B023  (called within backward)
+            if not precision.backward(loss, optimizer, skip=skip):
+                continue  # --on-nonfinite skip: this batch counts for nothing
             if first:
                 logged = ratios.after()
             sums += torch.stack([out["loss"].detach().float(), out["acc"].detach().float()]) * len(labels)

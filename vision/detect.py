@@ -647,7 +647,10 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
             with precision.autocast():
                 out = loss_fn(images.to(dev), [b.to(dev) for b in boxes], [lab.to(dev) for lab in labels])
             loss = distributed.scale_loss(out["loss"].float(), len(images), total)
-            precision.backward(loss, optimizer, model.parameters(), cfg.grad_clip)
+            skip = lambda: run.skip_step(loss, model.parameters())  # noqa: E731, B023  (called within backward)
+            if not precision.backward(loss, optimizer, model.parameters(), cfg.grad_clip, skip=skip):
+                scheduler.step()  # (the schedule keeps to its steps; the skipped batch counts for nothing)
+                continue
             scheduler.step()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() * len(images)
