@@ -4,11 +4,17 @@ unchanged). ``-s`` prints how many were tried."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fovea.cli import main
 
@@ -109,3 +115,37 @@ def test_the_table_covers_every_kind_of_mistake_the_issue_names():
                  "buffer_size", "run name", "not found", "safetensors", "truncated", "VAEConfig", "config.json"):
         assert kind in text, kind
     print(f"{len(CASES)} bad inputs, each answered with one clear line")
+
+
+# ----------------------------------------------------------------------------- random run folders (hypothesis)
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+                           | st.text(max_size=12), lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)  # fmt: skip
+FIELDS = ["epochs", "lr", "batch_size", "backbone", "dataset", "augment", "seed", "optimizer", "dropout", "nonsense"]
+configs = st.fixed_dictionaries(
+    {"recipe": st.sampled_from(["cnn-digits", "vae-digits", "dqn-catch", "no-such-recipe"]) | json_values},
+    optional={"config": st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=4) | json_values,
+              "wandb_id": json_values, "config_class": json_values},
+).map(lambda d: json.dumps(d).encode())  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=st.binary(max_size=200) | configs)
+def test_random_bytes_as_a_run_s_config_get_a_clean_error(content):
+    """A run folder whose config.json holds anything at all: ``fovea eval`` and ``fovea sample`` answer with one
+    clear error line (there is no checkpoint to act on), never a traceback, and leave the folder as it was. (A
+    --resume of a valid config with no checkpoint starts the run over, by design: it was killed before its first.)"""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "runs" / "r"
+        run.mkdir(parents=True)
+        (run / "config.json").write_bytes(content)
+        for argv in (["eval", str(run), "--wandb", "disabled"], ["sample", str(run), "--wandb", "disabled"]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = main(argv)
+            assert code == 2, (argv, content, err.getvalue())
+            assert "Traceback" not in err.getvalue()
+            assert [line for line in err.getvalue().splitlines() if line.startswith("error:")], err.getvalue()
+            assert sorted(p.name for p in run.iterdir()) == ["config.json"], content
+            assert (run / "config.json").read_bytes() == content
