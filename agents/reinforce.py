@@ -115,6 +115,25 @@ class Episodes:
         done, self.done = self.done, []
         return done
 
+    def state_dict(self) -> dict:
+        """The episodes under way and those finished but not yet learned from, as arrays (an exact resume)."""
+        def stacked(steps):
+            if not steps:
+                return None
+            obs, actions, rewards = zip(*steps, strict=True)
+            return {"obs": np.stack(obs), "actions": np.array(actions, np.int64), "rewards": np.array(rewards)}
+
+        done = [{"obs": o, "actions": a, "rewards": r, "bootstrap": b} for o, a, r, b in self.done]
+        return {"live": [stacked(steps) for steps in self.live], "done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        live = state["live"]
+        if len(live) != len(self.live):
+            raise ValueError(f"the checkpoint holds episodes of {len(live)} envs; this run has {len(self.live)}")
+        self.live = [[] if s is None else [(o, int(a), float(r)) for o, a, r in zip(s["obs"], s["actions"],
+                     s["rewards"], strict=True)] for s in live]  # fmt: skip
+        self.done = [(d["obs"], d["actions"], d["rewards"], float(d["bootstrap"])) for d in state["done"]]
+
 
 def train(cfg: ReinforceConfig, run: Run) -> dict:
     env = make_env(cfg, cfg.num_envs, cfg.seed)
@@ -125,14 +144,17 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
     optimizer = a2c.make_optimizer(cfg, net)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.track(net=net, best=best, optimizer=optimizer, generator=gen)
+    n, dev = cfg.num_envs, run.device
+    episodes = Episodes(n)
+    if hasattr(env, "state_dict"):  # CartPole, Catch: an exact resume plays on, its episodes under way included
+        run.track_optional(env=env, episodes=episodes)
     evaluate = lambda m: a2c.evaluate_policy(cfg, m, run.device)  # noqa: E731
     run.restore()
     run.state.setdefault("running_mean", 0.0)
     run.state.setdefault("updates", 0)
 
-    n, dev = cfg.num_envs, run.device
-    episodes = Episodes(n)
-    obs = env.reset(seed=cfg.seed + run.step)  # a resumed run plays new episodes
+    exact = run.restored("env") and run.restored("episodes")  # else a new run, or an Atari run playing new games
+    obs = env.obs if exact else env.reset(seed=cfg.seed + run.step)
     iterations = cfg.total_steps // n
     start_time, start_steps = time.perf_counter(), run.step * n
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
