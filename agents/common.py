@@ -27,7 +27,7 @@ from envs import vector
 from envs.atari import AtariVector
 from fovea.config import BackboneSpec, Config, param
 from fovea.errors import ConfigError
-from fovea.precision import amp_dtype, channels_last
+from fovea.precision import amp_dtype, autocast, channels_last
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -117,9 +117,7 @@ class FastPath:
         return self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
 
     def prepare(self, net: nn.Module, *, dynamic: bool | None = False) -> nn.Module:
         """channels_last weights on CUDA and, with ``compile``, a compiled forward (``nn.Module.compile`` compiles
@@ -142,8 +140,8 @@ class EnvStepper:
     """``env.step`` in two halves, so that a learner can work while the envs step: ``send(actions)`` starts a
     vector step and ``recv()`` returns what ``env.step(actions)`` would have.
 
-    With ``overlap`` an ``AtariVector`` steps in ale-py's C++ threads between the two calls (its
-    ``AtariVectorEnv`` has ``send`` / ``recv``); any other env, or no ``overlap``, steps inside ``recv()``.
+    With ``overlap`` an ``AtariVector`` steps in ale-py's C++ threads between the two calls (its own ``send`` /
+    ``recv``); any other env, or no ``overlap``, steps inside ``recv()``.
     """
 
     def __init__(self, env, overlap: bool):
@@ -153,19 +151,11 @@ class EnvStepper:
     def send(self, actions: np.ndarray) -> None:
         self.actions = actions
         if self.background:
-            self.env.env.send(np.asarray(actions))
+            self.env.send(actions)
 
     def recv(self):
         actions, self.actions = self.actions, None
-        if not self.background:
-            return self.env.step(actions)
-        # AtariVector.step's own lines after its C++ step (kept equal by tests/test_dqn.py)
-        obs, reward, terminated, truncated, info = self.env.env.recv()
-        game_over = (terminated & (info["lives"] == 0)) | truncated
-        reset, game_over, episodes = self.env.tracker.update(reward, game_over)
-        live = ~reset
-        info = {"game_over": game_over, "reset": reset, "episodes": episodes, "lives": info["lives"]}
-        return obs, reward.astype(np.float32), terminated & live, truncated & live, info
+        return self.env.recv() if self.background else self.env.step(actions)
 
 
 class Carry:

@@ -31,6 +31,7 @@ from torch import nn
 from agents import common, watch
 from agents.common import (
     AgentConfig,
+    Carry,
     EnvStepper,
     FastPath,
     build_trunk,
@@ -211,8 +212,9 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     evaluate = lambda net: evaluate_policy(cfg, net, run.device)  # noqa: E731
     if cfg.save_replay:
         run.track(replay=replay)
+    carry = Carry(pending=None)  # (actions, epsilon) of a step sent to the envs ahead of the next iteration
     if hasattr(env, "state_dict"):  # CartPole, Catch: the envs play on from the step they stopped at
-        run.track_optional(env=env)
+        run.track_optional(env=env, carry=carry)
     run.restore()
 
     overlap = cfg.overlaps_env(run.device)
@@ -234,8 +236,8 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     iterations = cfg.total_steps // cfg.num_envs
     start_time, start_steps, updates = time.perf_counter(), run.step * cfg.num_envs, run.state.get("updates", 0)
     pending = None  # (actions, epsilon) of a step sent to the envs ahead of this iteration (overlap)
-    if overlap and run.restored("env") and run.state.get("pending"):  # the step that was sent before the stop
-        actions, epsilon = run.state["pending"]
+    if overlap and run.restored("carry") and carry.values["pending"] is not None:  # sent before the stop
+        actions, epsilon = carry.values["pending"]
         pending = (np.asarray(actions), float(epsilon))
         envs.send(pending[0])
     for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
@@ -251,8 +253,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
             run.log({**episode, "train/epsilon": epsilon}, step=steps)
         # overlap: the next step runs in the envs while this one's updates run (they do not need it)
         pending = act(obs, steps + cfg.num_envs) if overlap and it < iterations else None
-        if overlap:
-            run.state["pending"] = None if pending is None else [pending[0].tolist(), pending[1]]
+        carry.values["pending"] = pending  # (read only when a checkpoint is written)
         if steps < cfg.learning_starts or len(replay) < cfg.batch_size:
             continue
         phases = steps // cfg.train_every - (steps - cfg.num_envs) // cfg.train_every

@@ -95,9 +95,9 @@ class FrameReplay:
         written = int(state["written"])
         for k in self._TENSORS:
             mine, theirs = getattr(self, k), state[k]
-            n = theirs.shape[0] if theirs.dim() else -1
-            if tuple(theirs.shape[1:]) != tuple(mine.shape[1:]) or theirs.dtype != mine.dtype or not (
-                n in (written, self.slots) and n <= self.slots
+            n = theirs.shape[0] if theirs.dim() else -1  # the written slots (or, from older checkpoints, all)
+            if tuple(theirs.shape[1:]) != tuple(mine.shape[1:]) or theirs.dtype != mine.dtype or n not in (
+                min(written, self.slots), self.slots
             ):
                 raise ValueError(f"replay {k} is {tuple(theirs.shape)} {theirs.dtype} with {written} slots written, "
                                  f"expected {tuple(mine.shape)} {mine.dtype}")  # fmt: skip

@@ -122,7 +122,16 @@ class AtariVector:
         return obs
 
     def step(self, actions: np.ndarray):
-        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start a vector step: the games step in ale-py's C++ threads until ``recv``."""
+        self.env.send(np.asarray(actions))
+
+    def recv(self):
+        """What ``step(actions)`` returns, for the step ``send`` started."""
+        obs, reward, terminated, truncated, info = self.env.recv()
         game_over = (terminated & (info["lives"] == 0)) | truncated
         reset, game_over, episodes = self.tracker.update(reward, game_over)
         live = ~reset

@@ -253,7 +253,7 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
         recipe = get_recipe(args.recipe)
         cfg = apply_overrides(recipe.config, overrides)
     if distributed.launched() and not recipe.task.distributed:
-        raise UsageError(f"{recipe.name} does not train under torchrun: generative and classifier recipes do "
+        raise UsageError(f"{recipe.name} does not train under torchrun: generative, classifier and detector recipes do "
                          f"(agents scale with --num-envs on one process); train it without torchrun")  # fmt: skip
     device = distributed.setup(args.device)  # under torchrun: join the process group, take this rank's device
     opts = dict(device=device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -106,17 +107,44 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
-def mean(values: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` over ranks (logged figures of the whole global batch, not rank 0's part)."""
+def total(values: torch.Tensor) -> torch.Tensor:
+    """The sum of ``values`` over ranks, in fp32 (figures of the whole global batch, not this rank's part)."""
     if not active():
         return values
     t = values.detach().to(_collective_device(), torch.float32).clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return (t / world_size()).to(values.device)
+    return t.to(values.device)
+
+
+def mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over ranks."""
+    return total(values) / world_size() if active() else values
 
 
 def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def global_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, int]]:
+    """One epoch of shuffled minibatches over ``n`` samples, each split over the ranks: this rank's indices and
+    the global batch's size (for ``scale_loss``). ``generator`` is the same on every rank, so they all see one
+    shuffle. On one process these are the plain shuffled batches; under torchrun a last batch too small to give
+    every rank two samples is left out (on every rank alike)."""
+    order = torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        if world_size() > 1:
+            if len(idx) < 2 * world_size():
+                continue
+            yield shard(idx), min(batch_size, n - i)
+        else:
+            yield idx, len(idx)
+
+
+def rank_generator(shared: torch.Generator, seed: int) -> torch.Generator:
+    """The generator for per-sample noise (augmentation): ``shared`` itself on one process, as before torchrun
+    existed; under torchrun one of this rank's own, so the ranks' parts of a batch are not augmented alike."""
+    return shared if not active() else torch.Generator().manual_seed(seed + 1 + rank())
 
 
 def shard(idx: torch.Tensor) -> torch.Tensor:

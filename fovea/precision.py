@@ -25,7 +25,6 @@ from torch import nn
 from fovea.errors import ConfigError
 
 Amp = Literal["auto", "off", "bf16", "fp16"]
-AMP_HELP = "Mixed precision: auto (bf16 on CUDA, fp32 elsewhere), off, bf16 or fp16 (with loss scaling)."
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -41,6 +40,11 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     raise ConfigError(f"amp {amp!r} is not a precision; use auto, off, bf16 or fp16")
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``; nothing for None (fp32)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 class Precision:
     """Autocast and (for fp16) gradient scaling on one device; ``scaler`` goes into ``run.track``."""
 
@@ -50,14 +54,12 @@ class Precision:
         fp16 = self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16) if fp16 else None
 
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+    def tracked(self, name: str = "scaler") -> dict:
+        """``{name: the GradScaler}`` for ``run.track`` (its loss scale resumes with the run); empty without one."""
+        return {name: self.scaler} if self.scaler is not None else {}
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter] = (),
                  clip: float = 0.0, skip: Callable[[], bool] | None = None) -> bool:  # fmt: skip

@@ -221,7 +221,7 @@ class TrainStep:
         self.loss = compiled(distributed.wrap(model, "loss", find_unused=len(model.players) > 1), cfg.compile)
 
     def scalers(self) -> dict:
-        return {f"scaler_{p}": s.scaler for p, s in self.precision.items() if s.scaler is not None}
+        return {k: v for p, s in self.precision.items() for k, v in s.tracked(f"scaler_{p}").items()}
 
 
 @torch.no_grad()

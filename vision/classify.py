@@ -269,13 +269,11 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
     shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
     precision = Precision(cfg.amp, run.device)
-    scaler = {"scaler": precision.scaler} if precision.scaler is not None else {}
-    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **scaler)
+    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **precision.tracked())
     run.restore(fallback={"best": "model"})  # a run from before best weights were kept: its last ones
     augment, ratios = augmenter(cfg.augment), UpdateRatios(model)
     loss_fn = compiled(distributed.wrap(model, "loss"), cfg.compile)
-    # One process augments with the shuffle generator (as always); under torchrun each rank draws its own.
-    noise = shuffle if not distributed.active() else torch.Generator().manual_seed(cfg.seed + 1 + distributed.rank())
+    noise = distributed.rank_generator(shuffle, cfg.seed)
     if stopped_early(cfg, run):
         run.say(f"{run.dir} stopped early at epoch {run.step} (no better val/acc for {cfg.patience} epochs); "
                 f"raise --patience (or set it to 0) to train on.")  # fmt: skip
@@ -299,9 +297,8 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
             sums += torch.stack([out["loss"].detach().float(), out["acc"].detach().float()]) * len(labels)
             seen += len(labels)
         if distributed.active():  # the figures of the whole global batch, not this rank's part
-            tot = distributed.mean(torch.cat([sums, sums.new_tensor([seen])]))
-            sums, seen = tot[:2], float(tot[2]) * distributed.world_size()
-            sums = sums * distributed.world_size()
+            tot = distributed.total(torch.cat([sums, sums.new_tensor([seen])]))
+            sums, seen = tot[:2], float(tot[2])
         scheduler.step()
         val = evaluate_split(model, splits["val"])
         so_far = (run.state.get("best_val_acc", -1.0), -run.state.get("best_val_loss", 0.0))

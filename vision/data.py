@@ -632,16 +632,9 @@ def global_batches(
     two images is left out of the epoch (on every process alike)."""
     from fovea import distributed
 
-    world = distributed.world_size()
-    n = len(data)
-    order = torch.randperm(n, generator=generator).to(data.images.device)
-    for i in range(0, n, batch_size):
-        idx = order[i : i + batch_size]
-        if world > 1:
-            if len(idx) < 2 * world:
-                continue
-            idx = distributed.shard(idx)
-        yield data.images[idx], data.labels[idx], min(batch_size, n - i)
+    for idx, total in distributed.global_batches(len(data), batch_size, generator):
+        idx = idx.to(data.images.device)
+        yield data.images[idx], data.labels[idx], total
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -519,15 +519,7 @@ def global_batches(data: ddata.DetectionData, batch_size: int,
                    generator: torch.Generator) -> Iterator[tuple[torch.Tensor, list, list, int]]:  # fmt: skip
     """Training minibatches as ``batches`` shuffles them, each split over the torchrun processes (see
     ``vision.data.global_batches``): this process's (images, boxes, labels) and the global batch's size."""
-    world = distributed.world_size()
-    order = torch.randperm(len(data), generator=generator)
-    for i in range(0, len(data), batch_size):
-        idx = order[i : i + batch_size]
-        total = len(idx)
-        if world > 1:
-            if total < 2 * world:  # too few to give every process two images: left out on every process alike
-                continue
-            idx = distributed.shard(idx)
+    for idx, total in distributed.global_batches(len(data), batch_size, generator):
         idx = idx.tolist()
         yield data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx], total
 
@@ -629,14 +621,12 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg, steps_per_epoch))
     shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
     precision = Precision(cfg.amp, run.device)
-    scaler = {"scaler": precision.scaler} if precision.scaler is not None else {}
-    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **scaler)
+    run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **precision.tracked())
     run.restore()
     augment = ddata.augmenter(cfg.augment)
     # find_unused: a feature pyramid may leave a backbone's last stages out, and Faster R-CNN's heads vary
     loss_fn = compiled(distributed.wrap(model, "loss", find_unused=True), cfg.compile)
-    # One process augments with the shuffle generator (as always); under torchrun each rank draws its own.
-    noise = shuffle if not distributed.active() else torch.Generator().manual_seed(cfg.seed + 1 + distributed.rank())
+    noise = distributed.rank_generator(shuffle, cfg.seed)
     dev = run.device
     for epoch in run.loop(cfg.epochs, unit="epoch", show="val/map_50"):
         start, seen, sums = time.perf_counter(), 0, {}
@@ -658,8 +648,7 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
         elapsed = time.perf_counter() - start
         if distributed.active():  # the losses of the whole global batch, not this rank's part
             keys = sorted(sums)
-            local = torch.stack([*(sums[k].to(dev) for k in keys), torch.tensor(float(seen), device=dev)])
-            tot = distributed.mean(local) * distributed.world_size()
+            tot = distributed.total(torch.stack([*(sums[k] for k in keys), torch.tensor(float(seen), device=dev)]))
             sums, seen = dict(zip(keys, tot[:-1], strict=True)), float(tot[-1])
         losses = {f"train/{k}": v / seen for k, v in sums.items()}
         if not torch.isfinite(sums["loss"]):
