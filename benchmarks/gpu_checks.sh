@@ -33,3 +33,4 @@ run a2c_atari_throughput 150 --device "$DEVICE" --envs 16 64 --steps "$(steps 32
 run train_throughput 90 --device "$DEVICE" --epochs 6
 run amp_learning 120 --device "$DEVICE" --seeds 0 1 --total-steps "$(steps 20000 1000)" \
   --eval-every "$(steps 4000 500)" --eval-episodes 20
+run detection_throughput 100 --device "$DEVICE" --workers 4 --images "$(steps 2048 128)" --size 128

@@ -6,7 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,7 @@ import torch
 from PIL import Image
 
 import backbones
+from fovea import checkpoint, distributed
 from fovea.cli import main
 from fovea.config import apply_overrides, recipes
 from fovea.errors import ConfigError
@@ -32,8 +38,9 @@ from vision.detect import (
     grid_points,
     mean_ap,
     postprocess,
+    training_batches,
 )
-from vision.detection_data import DetectionData, digits_canvases, digits_locate
+from vision.detection_data import DetectionData, augmenter, digits_canvases, digits_locate
 
 TINY = ["--backbone.widths", "8,16,16", "--width", "16", "--batch-size", "16", "--score-threshold", "0.2",
         "--eval-images", "100", "--wandb", "disabled"]  # fmt: skip
@@ -233,6 +240,31 @@ def test_batches_cover_every_image_once_in_a_seeded_order():
     assert key == sorted(tuple(t.tolist()) for t in data.labels)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_are_the_sequential_reading_for_any_number_of_workers(workers):
+    """The loader's batches equal reading and augmenting each shuffled batch in turn in this process, and leave
+    the generators in the same states, with or without worker processes; a last batch of one is left out."""
+    data, spec = digits_canvases("val", count=33), "scale:0.6:1.4,iou-crop"
+    shuffle, noise = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+    got = list(training_batches(data, 16, shuffle, noise, spec, workers))
+
+    ref_shuffle, ref_noise = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+    augment = augmenter(spec)
+    want = []
+    for idx, total in distributed.global_batches(len(data), 16, ref_shuffle):
+        if len(idx) > 1:
+            idx = idx.tolist()
+            batch = data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx]
+            want.append((*augment(*batch, ref_noise), total))
+    assert len(got) == len(want) == 2  # 16 + 16 of 33; the one left over is not a batch
+    for (images, boxes, labels, total), (images_, boxes_, labels_, total_) in zip(got, want, strict=True):
+        assert torch.equal(images, images_) and total == total_ == 16
+        assert all(torch.equal(a, b) for a, b in zip(boxes + labels, boxes_ + labels_, strict=True))
+    assert torch.equal(shuffle.get_state(), ref_shuffle.get_state())
+    assert torch.equal(noise.get_state(), ref_noise.get_state())
+    assert not torch.equal(got[0][0], data.images[:16])  # (it did augment)
+
+
 def test_locate_needs_the_one_digit_data():
     with pytest.raises(ConfigError, match="digits-locate"):
         DetectorConfig(model="locate", dataset="digits-detect")
@@ -270,6 +302,48 @@ def test_train_resume_and_eval_from_the_cli(trained, tmp_path, capsys):
     assert 0 <= figures["test/map"] <= figures["test/map_50"] <= 1
     assert figures["images_per_s"] > 0 and {f"test/ap_{d}" for d in range(10)} <= set(figures)
     assert Image.open(figures["detections_png"]).size[0] > 256
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux /proc")
+def test_ctrl_c_to_the_process_group_with_loader_workers_checkpoints_and_resumes_exactly(tmp_path):
+    """Ctrl-C reaches the loader's workers too (the whole process group): the run still ends its epoch, writes
+    its checkpoint and exits 130, and resumed it ends with the weights of a straight run without workers."""
+    args = ["train", "detect-digits", "--runs-dir", str(tmp_path), "--train-images", "96", "--epochs", "4",
+            "--augment", "scale:0.8:1.2", *TINY, "--eval-images", "20"]  # fmt: skip
+    assert main([*args, "--name", "straight", "--workers", "0"]) == 0
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "fovea", *args, "--name", "cut", "--workers", "2"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(child_pids(proc.pid)) < 2:
+        time.sleep(0.02)  # until the loader's two workers are up
+    assert proc.poll() is None, proc.communicate()[1]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Resume with: fovea train --resume" in err and "Traceback" not in err
+    stopped_at = checkpoint.step_of(checkpoint.list_checkpoints(tmp_path / "cut" / "checkpoints")[-1])
+    assert 1 <= stopped_at < 4
+
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--wandb", "disabled"]) == 0
+    a, b = (checkpoint.load(checkpoint.list_checkpoints(tmp_path / name / "checkpoints")[-1])[0]["objects"]["model"]
+            for name in ("cut", "straight"))  # fmt: skip
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_detect_draws_boxes_and_skips_bad_images(trained, tmp_path, capsys):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -449,6 +451,9 @@ class DetectorConfig(Config):
     """locate: weight of the box loss in the multitask loss (class cross-entropy + box_weight * box loss)."""
     augment: str = ""
     """Training augmentation, comma-separated: flip, scale:LO:HI, iou-crop ('' for none; digits are not flipped)."""
+    workers: int = param(0, ge=0)
+    """DataLoader worker processes that read and augment the training batches (0: the training process does);
+    on CUDA the batches come in pinned memory. The batches are the same for any number."""
     lr: float = param(2e-3, gt=0)
     """Peak learning rate of AdamW (linear warm-up over 10% of the steps, at least 100, then cosine to 0)."""
     weight_decay: float = param(1e-4, ge=0)
@@ -515,13 +520,65 @@ def batches(data: ddata.DetectionData, batch_size: int,
         yield data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx]
 
 
-def global_batches(data: ddata.DetectionData, batch_size: int,
-                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, list, list, int]]:  # fmt: skip
-    """Training minibatches as ``batches`` shuffles them, each split over the torchrun processes (see
-    ``vision.data.global_batches``): this process's (images, boxes, labels) and the global batch's size."""
-    for idx, total in distributed.global_batches(len(data), batch_size, generator):
-        idx = idx.tolist()
-        yield data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx], total
+class EpochBatches(torch.utils.data.Dataset):
+    """One epoch's training batches as a map-style data set, item i = batch i: this process's (images, boxes,
+    labels) of ``plan[i] = (indices, global batch size, augmentation seed or None)``, augmented, and the global
+    batch's size. The plan is drawn before any batch is read, so a batch is the same whichever process reads it."""
+
+    def __init__(self, data: ddata.DetectionData, plan: list[tuple[list[int], int, int | None]], augment: str) -> None:
+        self.data, self.plan, self.spec = data, plan, augment
+        self.augment: ddata.Augmenter | None = None  # made where the batches are read (a closure does not pickle)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], int]:
+        idx, total, seed = self.plan[i]
+        data = self.data
+        images, boxes, labels = data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx]
+        if seed is not None:
+            self.augment = self.augment or ddata.augmenter(self.spec)
+            images, boxes, labels = self.augment(images, boxes, labels, seed)
+        return images, boxes, labels, total
+
+
+def training_batches(
+    data: ddata.DetectionData,
+    batch_size: int,
+    shuffle: torch.Generator,
+    noise: torch.Generator,
+    augment: str = "",
+    workers: int = 0,
+    pin: bool = False,
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], int]]:
+    """One epoch of training batches, each split over the torchrun processes (see ``vision.data.global_batches``):
+    this process's augmented (images, boxes, labels) and the global batch's size.
+
+    Reading and augmenting (per image, in Python: the costly part on a GPU) happen in ``workers`` DataLoader
+    processes (0: in this one), ``pin``: into pinned memory, so that the copy to the GPU need not block. The
+    shuffle (from ``shuffle``) and one augmentation seed per batch (from ``noise``, as ``augment`` would draw it)
+    are drawn here first, in this process, so the batches, and the generators' states after them, are the same for
+    any ``workers``. A batch of one image (batch norm cannot train on it) is left out of a set of more.
+    """
+    draws = bool(ddata.parse_augment(augment))
+    plan = []
+    for idx, total in distributed.global_batches(len(data), batch_size, shuffle):
+        if len(idx) == 1 < len(data):
+            continue
+        plan.append((idx.tolist(), total, ddata.draw_seed(noise) if draws else None))
+    # forked workers hold the run's signal handlers from their first instant (a spawned one imports torch first)
+    context = "fork" if workers and sys.platform == "linux" else None
+    yield from torch.utils.data.DataLoader(
+        EpochBatches(data, plan, augment), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
+        worker_init_fn=_worker_ignores_stop_signals if workers else None, multiprocessing_context=context,
+    )  # fmt: skip
+
+
+def _worker_ignores_stop_signals(_: int) -> None:
+    """Ctrl-C and SIGTERM sent to the process group stop the training process at the end of the epoch (its
+    checkpoint needs the batches still to come): the loader's workers must not die of them first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @torch.inference_mode()
@@ -623,19 +680,19 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
     precision = Precision(cfg.amp, run.device)
     run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **precision.tracked())
     run.restore()
-    augment = ddata.augmenter(cfg.augment)
+    dev = run.device
+    pin = dev.type == "cuda"  # batches in pinned memory, copied without blocking
     # find_unused: a feature pyramid may leave a backbone's last stages out, and Faster R-CNN's heads vary
     loss_fn = compiled(distributed.wrap(model, "loss", find_unused=True), cfg.compile)
     noise = distributed.rank_generator(shuffle, cfg.seed)
-    dev = run.device
     for epoch in run.loop(cfg.epochs, unit="epoch", show="val/map_50"):
         start, seen, sums = time.perf_counter(), 0, {}
-        for images, boxes, labels, total in global_batches(tr, cfg.batch_size, shuffle):
-            if len(images) == 1 < len(tr):  # batch norm cannot train on one image: drop a last batch of one
-                continue
-            images, boxes, labels = augment(images, boxes, labels, noise)
+        for images, boxes, labels, total in training_batches(tr, cfg.batch_size, shuffle, noise, cfg.augment,
+                                                             cfg.workers, pin):  # fmt: skip
+            images = images.to(dev, non_blocking=pin)
+            boxes, labels = [b.to(dev, non_blocking=pin) for b in boxes], [c.to(dev, non_blocking=pin) for c in labels]
             with precision.autocast():
-                out = loss_fn(images.to(dev), [b.to(dev) for b in boxes], [lab.to(dev) for lab in labels])
+                out = loss_fn(images, boxes, labels)
             loss = distributed.scale_loss(out["loss"].float(), len(images), total)
             skip = lambda: run.skip_step(loss, model.parameters())  # noqa: E731, B023  (called within backward)
             if not precision.backward(loss, optimizer, model.parameters(), cfg.grad_clip, skip=skip):
@@ -787,13 +844,13 @@ register_recipe(
     "detect-voc",
     DetectorConfig(model="fcos", dataset="voc", size=256, augment="flip,iou-crop", epochs=24,
                    backbone=BackboneSpec(name="resnet", options={"depth": 18, "widths": (32, 64, 128, 256)}),
-                   strides=(8, 16, 32), width=128, batch_size=16),  # fmt: skip
+                   strides=(8, 16, 32), width=128, batch_size=16, workers=4),  # fmt: skip
     "FCOS on Pascal VOC 2007 (DATA_DIR/VOCdevkit/VOC2007) at 256x256, flips and IoU crops (needs a GPU)",
 )
 register_recipe(
     "detect-coco",
     DetectorConfig(model="fcos", dataset="coco", size=320, augment="flip,iou-crop", epochs=12,
                    backbone=BackboneSpec(name="resnet", options={"depth": 18, "widths": (32, 64, 128, 256)}),
-                   strides=(8, 16, 32), width=128, batch_size=16),  # fmt: skip
+                   strides=(8, 16, 32), width=128, batch_size=16, workers=4),  # fmt: skip
     "FCOS on COCO 2017 (DATA_DIR/coco) at 320x320, flips and IoU crops (needs a GPU and a --train-images cap)",
 )

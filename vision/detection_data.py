@@ -467,7 +467,7 @@ def load(
 # ----------------------------------------------------------------------------- augmentation for training
 
 Augmenter = Callable[
-    [torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Generator],
+    [torch.Tensor, list[torch.Tensor], list[torch.Tensor], int | torch.Generator],
     tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]],
 ]
 AUGMENT_ITEMS = ("flip", "scale:LO:HI", "iou-crop")
@@ -555,8 +555,9 @@ def augmenter(spec: str) -> Augmenter:
     Args of ``augment``:
         images: (B, C, H, W) uint8 (or float), any C (1 for digits, 3 for VOC / COCO).
         boxes, labels: B (n_i, 4) xyxy boxes and B (n_i,) labels.
-        generator: one number is drawn from it to seed torchvision's transforms (which use the global RNG,
-            forked here so that it is left as it was): the same generator state gives the same output.
+        seed: seeds torchvision's transforms (which use the global RNG, forked here so that it is left as it
+            was): the same seed gives the same output. A ``torch.Generator`` stands for ``draw_seed(generator)``
+            (one number drawn from it); a spec of no items draws nothing.
     """
     items = parse_augment(spec)
     pipelines: dict[tuple[int, int, bool], v2.Compose] = {}
@@ -568,12 +569,12 @@ def augmenter(spec: str) -> Augmenter:
         return pipelines[(*size, has_boxes)]
 
     def augment(
-        images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], generator: torch.Generator
+        images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], seed: int | torch.Generator
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         if not items:
             return images, list(boxes), list(labels)
         size = (images.shape[-2], images.shape[-1])
-        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        seed = draw_seed(seed) if isinstance(seed, torch.Generator) else seed
         out = torch.empty_like(images)  # (B, C, H, W)
         new_boxes, new_labels = [], []
         with torch.random.fork_rng(devices=[]):
@@ -589,6 +590,11 @@ def augmenter(spec: str) -> Augmenter:
         return out, new_boxes, new_labels
 
     return augment
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """One augmentation seed drawn from ``generator`` (as ``augment`` draws it when handed the generator)."""
+    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
 def draw(
