@@ -517,7 +517,7 @@ def batches(data: ddata.DetectionData, batch_size: int,
     order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
-        yield data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx]
+        yield data.batch(idx)
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -534,8 +534,7 @@ class EpochBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], int]:
         idx, total, seed = self.plan[i]
-        data = self.data
-        images, boxes, labels = data.images[idx], [data.boxes[j] for j in idx], [data.labels[j] for j in idx]
+        images, boxes, labels = self.data.batch(idx)
         if seed is not None:
             self.augment = self.augment or ddata.augmenter(self.spec)
             images, boxes, labels = self.augment(images, boxes, labels, seed)

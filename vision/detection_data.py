@@ -88,6 +88,10 @@ class DetectionData:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The (images, boxes, labels) of the items at ``idx``."""
+        return self.images[idx], [self.boxes[j] for j in idx], [self.labels[j] for j in idx]
+
     def to(self, device: torch.device | str) -> DetectionData:
         return DetectionData(
             self.images.to(device),
