@@ -125,12 +125,13 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def global_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, int]]:
-    """One epoch of shuffled minibatches over ``n`` samples, each split over the ranks: this rank's indices and
-    the global batch's size (for ``scale_loss``). ``generator`` is the same on every rank, so they all see one
-    shuffle. On one process these are the plain shuffled batches; under torchrun a last batch too small to give
-    every rank two samples is left out (on every rank alike)."""
-    order = torch.randperm(n, generator=generator)
+def global_batches(n: int, batch_size: int, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, int]]:  # fmt: skip
+    """One epoch of shuffled minibatches over ``n`` samples, each split over the ranks: this rank's indices (on
+    ``device``, moved there once per epoch) and the global batch's size (for ``scale_loss``). ``generator`` is
+    the same on every rank, so they all see one shuffle. On one process these are the plain shuffled batches;
+    under torchrun a last batch too small to give every rank two samples is left out (on every rank alike)."""
+    order = torch.randperm(n, generator=generator).to(device)
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
         if world_size() > 1:

@@ -632,8 +632,7 @@ def global_batches(
     two images is left out of the epoch (on every process alike)."""
     from fovea import distributed
 
-    for idx, total in distributed.global_batches(len(data), batch_size, generator):
-        idx = idx.to(data.images.device)
+    for idx, total in distributed.global_batches(len(data), batch_size, generator, data.images.device):
         yield data.images[idx], data.labels[idx], total
 
 
