@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents import common, watch
-from agents.common import (
+from fovea.agents import common, watch
+from fovea.agents.common import (
     AgentConfig,
     Carry,
     FastPath,
@@ -41,9 +41,9 @@ from agents.common import (
     return_figures,
     to_device,
 )
-from agents.policy import ActorCritic, PolicyActor, sample
-from agents.returns import gae
-from backbones.rnn import RecurrentCore
+from fovea.agents.policy import ActorCritic, PolicyActor, sample
+from fovea.agents.returns import gae
+from fovea.backbones.rnn import RecurrentCore
 from fovea.config import BackboneSpec, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones.transfer import start_from
-from envs import vector
-from envs.atari import AtariVector
+from fovea.backbones.transfer import start_from
 from fovea.config import BackboneSpec, Config, param
+from fovea.envs import vector
+from fovea.envs.atari import AtariVector
 from fovea.errors import ConfigError
 from fovea.precision import amp_dtype, autocast, channels_last
 

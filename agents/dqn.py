@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents import common, watch
-from agents.common import (
+from fovea.agents import common, watch
+from fovea.agents.common import (
     AgentConfig,
     Carry,
     EnvStepper,
@@ -46,7 +46,7 @@ from agents.common import (
     play,
     return_figures,
 )
-from agents.replay import FrameReplay
+from fovea.agents.replay import FrameReplay
 from fovea.config import BackboneSpec, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run

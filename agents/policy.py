@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.common import full_precision
-from backbones.rnn import RecurrentCore, State
+from fovea.agents.common import full_precision
+from fovea.backbones.rnn import RecurrentCore, State
 
 
 class ActorCritic(nn.Module):

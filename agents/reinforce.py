@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents import a2c, common
-from agents.common import AgentConfig, FastPath, catch_cnn, crossed, finish_training, make_env
-from agents.policy import ActorCritic, sample
-from agents.returns import returns_to_go
+from fovea.agents import a2c, common
+from fovea.agents.common import AgentConfig, FastPath, catch_cnn, crossed, finish_training, make_env
+from fovea.agents.policy import ActorCritic, sample
+from fovea.agents.returns import returns_to_go
 from fovea.config import param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run

@@ -14,7 +14,7 @@ import gymnasium as gym
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-import backbones
+from fovea import backbones
 
 
 class FoveaExtractor(BaseFeaturesExtractor):

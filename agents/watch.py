@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from agents.common import AgentConfig, Policy
-from envs import vector
+from fovea.agents.common import AgentConfig, Policy
+from fovea.envs import vector
 from fovea.errors import UsageError
 from fovea.media import overlay_heatmap, upscale, write_mp4
 from fovea.run import Run
@@ -26,10 +26,10 @@ Score = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (obs, start
 def render_env(cfg: AgentConfig, seed: int) -> tuple[gym.Env, float]:
     """A single env of ``cfg`` that renders RGB frames, with the frame rate of real time."""
     if cfg.atari:
-        from envs.atari import make_eval_env
+        from fovea.envs.atari import make_eval_env
 
         return make_eval_env(cfg.env, seed=seed, sticky=cfg.sticky), 15.0  # 60 Hz / frame skip 4
-    import envs.catch  # noqa: F401  (registers fovea/Catch-v0)
+    import fovea.envs.catch  # noqa: F401  (registers fovea/Catch-v0)
 
     env = gym.make(vector.CLASSIC[cfg.env], render_mode="rgb_array")
     env.reset(seed=seed)

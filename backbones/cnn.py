@@ -12,9 +12,9 @@ import math
 import torch
 from torch import nn
 
-from backbones.layers import activation as make_activation
-from backbones.layers import image_shape, norm2d, probe
-from backbones.registry import BackboneError, register
+from fovea.backbones.layers import activation as make_activation
+from fovea.backbones.layers import image_shape, norm2d, probe
+from fovea.backbones.registry import BackboneError, register
 
 
 @register("nature-cnn", kind="image", tiny={"features": 16})

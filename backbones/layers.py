@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backbones.registry import BackboneError, closest
+from fovea.backbones.registry import BackboneError, closest
 
 ACTIVATIONS = {
     "relu": nn.ReLU,

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from backbones.layers import activation as make_activation
-from backbones.registry import BackboneError, register
+from fovea.backbones.layers import activation as make_activation
+from fovea.backbones.registry import BackboneError, register
 
 
 @register("mlp", kind="vector", tiny={"hidden": (8,)})

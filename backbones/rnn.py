@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backbones.registry import BackboneError, register
+from fovea.backbones.registry import BackboneError, register
 
 State = tuple[torch.Tensor, ...]  # LSTM: (h, c); GRU: (h,); each (num_layers, B, hidden_size)
 

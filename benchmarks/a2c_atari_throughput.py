@@ -38,10 +38,10 @@ import warnings
 
 import torch
 
-from agents.a2c import train
-from envs.atari import game_id
+from fovea.agents.a2c import train
 from fovea.cli import print_figures
 from fovea.config import get_recipe
+from fovea.envs.atari import game_id
 from fovea.errors import ConfigError, RunError
 from fovea.run import Run, pick_device
 

@@ -35,8 +35,8 @@ from rich.table import Table
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from fovea.config import get_recipe
-from vision import data as vdata
-from vision import knn
+from fovea.vision import data as vdata
+from fovea.vision import knn
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -122,7 +122,7 @@ def knn_at_scale(queries: int, stored: int, k: int, repeats: int) -> dict:
 def linear_digits(repeats: int) -> dict | None:
     """Our SVM and softmax recipes against LinearSVC and LogisticRegression; None without vision.linear."""
     try:
-        from vision.linear import fit
+        from fovea.vision.linear import fit
     except ImportError:
         return None
     from sklearn.linear_model import LogisticRegression

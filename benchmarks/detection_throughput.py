@@ -34,8 +34,8 @@ from fovea.cli import print_figures
 from fovea.config import get_recipe
 from fovea.errors import ConfigError
 from fovea.run import Run, pick_device, seed_everything
-from vision import detect
-from vision import detection_data as ddata
+from fovea.vision import detect
+from fovea.vision import detection_data as ddata
 
 STEPS = {"flip": lambda size: [v2.RandomHorizontalFlip(0.5)],
          "iou-crop": lambda size: [v2.RandomIoUCrop(), v2.Resize(size, antialias=True)]}  # fmt: skip

@@ -28,9 +28,9 @@ import warnings
 
 import torch
 
-from agents.common import FastPath
-from agents.dqn import DQNConfig, train
-from agents.replay import FrameReplay
+from fovea.agents.common import FastPath
+from fovea.agents.dqn import DQNConfig, train
+from fovea.agents.replay import FrameReplay
 from fovea.cli import print_figures
 from fovea.config import get_recipe
 from fovea.run import Run, pick_device

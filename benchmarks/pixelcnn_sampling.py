@@ -20,9 +20,9 @@ import time
 import torch
 
 from fovea.cli import print_figures
+from fovea.generative.pixelcnn import PixelCNN, PixelCNNConfig, build
 from fovea.run import pick_device
-from generative.pixelcnn import PixelCNN, PixelCNNConfig, build
-from vision.data import ImageData
+from fovea.vision.data import ImageData
 
 
 def timed_sample(model: PixelCNN, n: int, seed: int, fast: bool) -> tuple[torch.Tensor, float]:

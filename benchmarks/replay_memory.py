@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from gymnasium import spaces
 
-from agents.replay import FrameReplay
+from fovea.agents.replay import FrameReplay
 from fovea.cli import print_figures
 
 

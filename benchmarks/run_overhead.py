@@ -23,9 +23,9 @@ import torch
 from fovea.cli import print_figures
 from fovea.config import get_recipe
 from fovea.run import Run, pick_device, seed_everything
-from vision import classify
-from vision import data as vdata
-from vision.practice import augmenter
+from fovea.vision import classify
+from fovea.vision import data as vdata
+from fovea.vision.practice import augmenter
 
 
 def plain_loop(cfg: classify.ClassifierConfig, device: torch.device) -> float:

@@ -29,14 +29,14 @@ import time
 
 import torch
 
-import generative  # noqa: F401  (registers the generative recipes)
+from fovea import generative  # noqa: F401  (registers the generative recipes)
 from fovea.cli import print_figures
 from fovea.config import get_recipe
+from fovea.generative import base as gbase
 from fovea.run import Run, pick_device, seed_everything
-from generative import base as gbase
-from vision import classify
-from vision import data as vdata
-from vision.practice import augmenter
+from fovea.vision import classify
+from fovea.vision import data as vdata
+from fovea.vision.practice import augmenter
 
 RECIPES = {"cnn": "cnn-digits", "vae": "vae-digits", "gan": "gan-digits"}
 

@@ -3,6 +3,6 @@
 Importing the package registers ``fovea/Catch-v0`` with gymnasium.
 """
 
-from envs.catch import Catch
+from fovea.envs.catch import Catch
 
 __all__ = ["Catch"]

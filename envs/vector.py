@@ -17,8 +17,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.atari import AtariVector, EpisodeTracker, game_id, games
 from fovea.config import suggest
+from fovea.envs.atari import AtariVector, EpisodeTracker, game_id, games
 from fovea.errors import ConfigError
 
 CLASSIC = {"cartpole": "CartPole-v1", "catch": "fovea/Catch-v0"}
@@ -28,7 +28,7 @@ class GymVector:
     """``num_envs`` copies of a gymnasium env in one process (``SyncVectorEnv``), with Fovea's step info."""
 
     def __init__(self, env_id: str, num_envs: int, *, seed: int = 0):
-        import envs.catch  # noqa: F401  (registers fovea/Catch-v0)
+        import fovea.envs.catch  # noqa: F401  (registers fovea/Catch-v0)
 
         self.env = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)])
         self.num_envs, self.seed = num_envs, seed

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from fovea.errors import FoveaError, UsageError
 
-TASK_PACKAGES = ("vision", "agents", "generative")  # packages that register recipes (imported lazily)
+TASK_PACKAGES = ("fovea.vision", "fovea.agents", "fovea.generative")  # packages that register recipes (imported lazily)
 EXPLANATIONS = ("filters", "saliency", "occlusion", "tsne", "neighbours")  # vision.explain.METHODS, kept here so
 # that `fovea --help` needs no torch import (a test checks the two agree)
 out = Console(highlight=False, soft_wrap=True)
@@ -199,7 +199,7 @@ def cmd_recipes() -> None:
 
 
 def cmd_backbones() -> None:
-    import backbones
+    from fovea import backbones
     from fovea.config import BackboneSpec
 
     table = Table(title="Backbones (--backbone NAME --backbone.OPTION VALUE)", header_style="bold")
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         args.recipe = rest.pop(0) if rest and not rest[0].startswith("-") else None
     elif rest:
         return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
-    import backbones
+    from fovea import backbones
     from fovea.run import Interrupted
 
     try:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-import backbones
+from fovea import backbones
 from fovea.errors import ConfigError
 
 C = TypeVar("C", bound="Config")

@@ -33,11 +33,11 @@ GRID_INTS = 100  # an int range on a grid becomes the list of its integers, up t
 # prefix wins): validation figures, so the test split stays out of model selection. None: no default (a GAN's
 # losses do not rank models; name a figure with --metric).
 DEFAULT_METRICS: dict[str, str | None] = {
-    "agents": "eval/mean_return",
-    "generative": "val/loss",
-    "generative.gan": None,
-    "vision": "val/acc",
-    "vision.detect": "val/map",
+    "fovea.agents": "eval/mean_return",
+    "fovea.generative": "val/loss",
+    "fovea.generative.gan": None,
+    "fovea.vision": "val/acc",
+    "fovea.vision.detect": "val/map",
 }
 
 

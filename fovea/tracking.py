@@ -98,7 +98,6 @@ class Tracker:
         except ImportError:  # pragma: no cover - wandb is a dependency
             self.say("W&B: wandb is not installed; metrics go to metrics.jsonl only.")
             return None
-        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")  # else W&B takes our `agents` package for OpenAI's
         # A server that cannot be reached fails the online start after init_timeout seconds (WANDB_INIT_TIMEOUT).
         timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
         settings = wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=timeout)

@@ -3,7 +3,7 @@
 Importing the package registers their recipes (``vae-digits``, ``pixelcnn-digits``, ...).
 """
 
-from generative import (
+from fovea.generative import (
     autoencoder,  # noqa: F401
     gan,  # noqa: F401
     pixelcnn,  # noqa: F401

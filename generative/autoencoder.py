@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.transfer import start_from
+from fovea.backbones.transfer import start_from
 from fovea.config import BackboneSpec, param, register_recipe
 from fovea.errors import ConfigError
-from generative.base import GenConfig, GenerativeModel, categorical, noise, register_model
-from vision.data import ImageData
+from fovea.generative.base import GenConfig, GenerativeModel, categorical, noise, register_model
+from fovea.vision.data import ImageData
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -32,7 +32,7 @@ from fovea.config import Config, param, register_task
 from fovea.errors import ConfigError
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
-from vision import data as vdata
+from fovea.vision import data as vdata
 
 LN2 = math.log(2.0)
 
@@ -361,7 +361,7 @@ def sample_many(model: GenerativeModel, n: int, generator: torch.Generator, chun
 def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples: int = 1000) -> dict:
     """Test NLL for likelihood models; for every model, sample quality in a digits classifier's feature
     space (Frechet distance to the test set, real-vs-real for scale, class spread of the samples)."""
-    from generative import metrics
+    from fovea.generative import metrics
 
     torch.manual_seed(cfg.seed)  # the IWAE estimate's draws: the same figures on every evaluation
     model, test = load_trained(cfg, run)

@@ -33,8 +33,8 @@ from torch import nn
 
 from fovea.config import BackboneSpec, param, register_recipe
 from fovea.errors import ConfigError
-from generative.base import GenConfig, GenerativeModel, noise, register_model
-from vision import data as vdata
+from fovea.generative.base import GenConfig, GenerativeModel, noise, register_model
+from fovea.vision import data as vdata
 
 Loss = Literal["ns", "hinge", "wgan-gp"]
 
@@ -328,7 +328,7 @@ class GANConfig(GenConfig):
 
 def backbones_of(kind: str) -> list[str]:
     """Registered backbone names of one kind (``image``, ``decoder``...)."""
-    import backbones
+    from fovea import backbones
 
     return [n for n in backbones.names() if backbones.entry(n).kind == kind]
 

@@ -16,7 +16,7 @@ import torch
 from fovea.config import from_dict, get_recipe
 from fovea.errors import ConfigError, FoveaError
 from fovea.run import Run, read_run
-from vision import data as vdata
+from fovea.vision import data as vdata
 
 FEATURE_RECIPE = "cnn-digits"
 
@@ -72,7 +72,7 @@ class FeatureSpace:
     @classmethod
     def load(cls, run_dir: str | Path, device: torch.device, shape: tuple, max_value: int) -> FeatureSpace:
         """The classifier of a ``cnn-digits``-style run, checked to take images like the generator's."""
-        from vision import classify
+        from fovea.vision import classify
 
         doc = read_run(run_dir)
         recipe = get_recipe(doc["recipe"])

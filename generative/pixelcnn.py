@@ -36,8 +36,8 @@ from torch import nn
 
 from fovea.config import param, register_recipe
 from fovea.errors import ConfigError
-from generative.base import LN2, GenConfig, GenerativeModel, categorical, register_model
-from vision.data import ImageData
+from fovea.generative.base import LN2, GenConfig, GenerativeModel, categorical, register_model
+from fovea.vision.data import ImageData
 
 Reach = tuple[int, int, int]  # (up, left, right): how far a layer's output pixel sees into its input
 

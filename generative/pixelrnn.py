@@ -21,8 +21,8 @@ from torch import nn
 
 from fovea.config import BackboneSpec, param, register_recipe
 from fovea.errors import ConfigError
-from generative.base import GenConfig, GenerativeModel, categorical, register_model
-from vision.data import ImageData
+from fovea.generative.base import GenConfig, GenerativeModel, categorical, register_model
+from fovea.vision.data import ImageData
 
 
 @dataclass(kw_only=True)

@@ -8,7 +8,6 @@ import pytest
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
-os.environ["WANDB_DISABLE_WEAVE"] = "true"
 os.environ.pop("WANDB_API_KEY", None)
 
 TINY_CNN = ["--backbone.widths", "8,16", "--dropout", "0"]  # a small, fast cnn-digits for runtime tests

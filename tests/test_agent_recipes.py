@@ -7,10 +7,10 @@ import json
 import pytest
 from wandb_reader import history
 
-import agents  # noqa: F401  (registers the recipes)
-from agents.a2c import A2CConfig
-from agents.dqn import DQNConfig
-from agents.reinforce import ReinforceConfig
+from fovea import agents  # noqa: F401  (registers the recipes)
+from fovea.agents.a2c import A2CConfig
+from fovea.agents.dqn import DQNConfig
+from fovea.agents.reinforce import ReinforceConfig
 from fovea.cli import main
 from fovea.config import recipes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.atari import AtariVector, game_id, games, make_eval_env
+from fovea.envs.atari import AtariVector, game_id, games, make_eval_env
 from fovea.errors import ConfigError
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import backbones
-from backbones.rnn import RecurrentCore
+from fovea import backbones
+from fovea.backbones.rnn import RecurrentCore
 
 SHAPES = [(4, 84, 84), (3, 32, 32), (1, 8, 8)]
 

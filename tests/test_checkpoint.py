@@ -14,8 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backbones.transfer import load_weights
 from fovea import checkpoint
+from fovea.backbones.transfer import load_weights
 from fovea.errors import CheckpointError
 from fovea.run import rng_state, set_rng_state
 

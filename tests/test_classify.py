@@ -14,7 +14,7 @@ from fovea.cli import main
 from fovea.config import apply_overrides, get_recipe
 from fovea.errors import ConfigError, UsageError
 from fovea.search import Param
-from vision import classify, practice
+from fovea.vision import classify, practice
 
 
 def last_json(out: str) -> dict:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fovea.cli import main
 from fovea.config import BackboneSpec, apply_overrides, from_dict, get_recipe, recipes
 from fovea.errors import ConfigError
-from vision.classify import ClassifierConfig
+from fovea.vision.classify import ClassifierConfig
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from fovea.errors import ConfigError
-from vision import data as vdata
+from fovea.vision import data as vdata
 
 MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -19,12 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-import backbones
-from fovea import checkpoint, distributed
+from fovea import backbones, checkpoint, distributed
 from fovea.cli import main
 from fovea.config import apply_overrides, recipes
 from fovea.errors import ConfigError
-from vision.detect import (
+from fovea.vision.detect import (
     FCOS,
     DetectorConfig,
     FeaturePyramid,
@@ -40,7 +39,7 @@ from vision.detect import (
     postprocess,
     training_batches,
 )
-from vision.detection_data import DetectionData, augmenter, digits_canvases, digits_locate
+from fovea.vision.detection_data import DetectionData, augmenter, digits_canvases, digits_locate
 
 TINY = ["--backbone.widths", "8,16,16", "--width", "16", "--batch-size", "16", "--score-threshold", "0.2",
         "--eval-images", "100", "--wandb", "disabled"]  # fmt: skip
@@ -317,6 +316,7 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a real recipe in subprocesses: the slow tier
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux /proc")
 def test_ctrl_c_to_the_process_group_with_loader_workers_checkpoints_and_resumes_exactly(tmp_path):
     """Ctrl-C reaches the loader's workers too (the whole process group): the run still ends its epoch, writes

@@ -15,8 +15,8 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from fovea.errors import ConfigError
-from vision import data as vdata
-from vision import detection_data as ddata
+from fovea.vision import data as vdata
+from fovea.vision import detection_data as ddata
 
 SPLIT_SIZES = {"train": 1000, "val": 350, "test": 447}
 ARGS = {"count": 64, "size": 64, "objects": (1, 5), "scale": (12, 32), "noise": 2, "seed": 0}

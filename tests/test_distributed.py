@@ -14,7 +14,7 @@ import torch
 from fovea import checkpoint, distributed
 from fovea.cli import main
 from fovea.precision import Precision, amp_dtype
-from vision import data as vdata
+from fovea.vision import data as vdata
 
 # A deterministic classifier (no dropout, augmentation or batch norm), so one process and two must agree.
 EXACT = ["--epochs", "2", "--dropout", "0", "--augment=", "--backbone.norm", "none", "--backbone.widths", "8,16",
@@ -113,6 +113,7 @@ def test_amp_names_the_dtype_each_device_gets():
     assert Precision("fp16", cpu).scaler is not None and Precision("bf16", cpu).scaler is None
 
 
+@pytest.mark.slow  # a real recipe in subprocesses: the slow tier
 def test_classifier_and_gan_train_in_bf16_and_fp16_with_finite_losses_and_resume(in_tmp):
     base = ["--epochs", "1", "--wandb", "disabled"]
     assert main(["train", "cnn-digits", "--name", "bf", "--amp", "bf16", "--backbone.widths", "8,16", *base]) == 0

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import backbones
-from agents import dqn
-from agents.common import EnvStepper, FastPath, catch_cnn, make_env
-from agents.dqn import DQNConfig, QNetwork, td_loss, td_target
-from agents.replay import FrameReplay
-from envs import vector
+from fovea import backbones
+from fovea.agents import dqn
+from fovea.agents.common import EnvStepper, FastPath, catch_cnn, make_env
+from fovea.agents.dqn import DQNConfig, QNetwork, td_loss, td_target
+from fovea.agents.replay import FrameReplay
 from fovea.cli import main
+from fovea.envs import vector
 from fovea.errors import ConfigError
 
 

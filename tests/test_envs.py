@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401
+from fovea import envs  # noqa: F401
 
 
 def test_catch_passes_gymnasiums_checker():

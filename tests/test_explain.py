@@ -16,9 +16,9 @@ from fovea import cli
 from fovea.cli import main, open_run
 from fovea.errors import UsageError
 from fovea.run import Run
-from vision import classify
-from vision import data as vdata
-from vision import explain as ex
+from fovea.vision import classify
+from fovea.vision import data as vdata
+from fovea.vision import explain as ex
 
 
 def last_json(out: str) -> dict:

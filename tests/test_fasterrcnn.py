@@ -6,9 +6,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-import backbones
-from vision.detection_data import digits_canvases
-from vision.fasterrcnn import FasterRCNNDetector
+from fovea import backbones
+from fovea.vision.detection_data import digits_canvases
+from fovea.vision.fasterrcnn import FasterRCNNDetector
 
 K = 10
 PARTS = {"rpn_objectness", "rpn_box", "roi_class", "roi_box"}

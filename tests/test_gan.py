@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import generative  # noqa: F401  (registers the recipes)
+from fovea import generative  # noqa: F401  (registers the recipes)
 from fovea.cli import main
 from fovea.config import apply_overrides, recipes
-from generative.base import build_model, make_optimizers, train_epoch
-from generative.gan import GAN, GANConfig, d_losses, g_loss, gradient_penalty, r1_penalty
-from vision.data import ImageData
+from fovea.generative.base import build_model, make_optimizers, train_epoch
+from fovea.generative.gan import GAN, GANConfig, d_losses, g_loss, gradient_penalty, r1_penalty
+from fovea.vision.data import ImageData
 
 GAN_RECIPES = sorted(n for n, r in recipes().items() if isinstance(r.config, GANConfig))
 # a small, fast variant of any GAN recipe for runtime tests

@@ -13,16 +13,16 @@ import torch
 from conftest import TINY_CNN
 from PIL import Image
 
-import generative  # noqa: F401  (registers the recipes)
+from fovea import generative  # noqa: F401  (registers the recipes)
 from fovea.cli import main
 from fovea.config import apply_overrides, recipes
-from generative.autoencoder import VAEConfig, build_vae, discretized_logistic_logp
-from generative.base import GenConfig, build_model, categorical, grid_image
-from generative.metrics import frechet_distance
-from generative.pixelrnn import PixelRNNConfig
-from generative.pixelrnn import build as build_pixelrnn
-from vision import data as vdata
-from vision.data import ImageData
+from fovea.generative.autoencoder import VAEConfig, build_vae, discretized_logistic_logp
+from fovea.generative.base import GenConfig, build_model, categorical, grid_image
+from fovea.generative.metrics import frechet_distance
+from fovea.generative.pixelrnn import PixelRNNConfig
+from fovea.generative.pixelrnn import build as build_pixelrnn
+from fovea.vision import data as vdata
+from fovea.vision.data import ImageData
 
 GEN_RECIPES = sorted(n for n, r in recipes().items() if isinstance(r.config, GenConfig))
 DIGIT_RECIPES = [n for n in GEN_RECIPES if recipes()[n].config.dataset == "digits"]

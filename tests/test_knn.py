@@ -15,8 +15,8 @@ from threadpoolctl import threadpool_limits
 from fovea.cli import main
 from fovea.config import get_recipe
 from fovea.errors import ConfigError
-from vision import data as vdata
-from vision import knn
+from fovea.vision import data as vdata
+from fovea.vision import knn
 
 SKLEARN_METRIC = {"l2": "euclidean", "l1": "manhattan"}
 
@@ -205,7 +205,7 @@ def test_a_chosen_k_survives_the_checkpoint(in_tmp, capsys):
 
 def test_too_many_stored_pixels_for_exact_keys_is_a_one_line_error():
     from fovea.errors import ConfigError
-    from vision.knn import KNN
+    from fovea.vision.knn import KNN
 
     big = torch.zeros(1, 3, 2048, 2048, dtype=torch.uint8).expand(200_000, -1, -1, -1)  # no memory: a view
     model = KNN(big, torch.zeros(200_000, dtype=torch.long), 10, 255)

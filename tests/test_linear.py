@@ -18,9 +18,9 @@ from fovea.cli import main
 from fovea.config import apply_overrides, get_recipe
 from fovea.errors import ConfigError
 from fovea.run import Run
-from vision import data as vdata
-from vision import features as vfeat
-from vision import linear
+from fovea.vision import data as vdata
+from fovea.vision import features as vfeat
+from fovea.vision import linear
 
 
 def last_json(out: str) -> dict:

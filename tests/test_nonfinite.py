@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import TINY_CNN
 
-from agents import dqn
 from fovea import checkpoint
+from fovea.agents import dqn
 from fovea.cli import main
-from generative.autoencoder import VAE
-from vision.classify import Classifier
+from fovea.generative.autoencoder import VAE
+from fovea.vision.classify import Classifier
 
 
 def poison(monkeypatch, owner, name: str, at: set[int]):

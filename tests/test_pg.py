@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from agents import a2c
-from agents.a2c import A2CConfig, Rollout, collect
-from agents.common import catch_cnn, make_env
-from agents.policy import sample
-from agents.reinforce import Episodes, ReinforceConfig, advantages, batch_tensors, policy_loss
-from agents.returns import gae, nstep_returns, returns_to_go
+from fovea.agents import a2c
+from fovea.agents.a2c import A2CConfig, Rollout, collect
+from fovea.agents.common import catch_cnn, make_env
+from fovea.agents.policy import sample
+from fovea.agents.reinforce import Episodes, ReinforceConfig, advantages, batch_tensors, policy_loss
+from fovea.agents.returns import gae, nstep_returns, returns_to_go
 from fovea.cli import main
 from fovea.errors import ConfigError
 
@@ -215,7 +215,7 @@ def test_backbone_from_another_run_loads_and_freezes_the_trunk(in_tmp, capsys):
 
 def test_evaluation_plays_a_fixed_quota_per_env():
     """Keeping the first episodes to end would favour short (on CartPole: bad) ones; each env plays its share."""
-    from agents.common import play
+    from fovea.agents.common import play
 
     def policy(obs, starts):  # env 0 always pushes left (falls in ~10 steps); the others balance the pole
         balance = (obs[:, 2] + obs[:, 3] > 0).astype(np.int64)

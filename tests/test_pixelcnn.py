@@ -13,9 +13,9 @@ import torch
 
 from fovea.cli import main
 from fovea.errors import ConfigError
-from generative.base import likelihood_figures
-from generative.pixelcnn import PixelCNN, PixelCNNConfig, build
-from vision.data import ImageData
+from fovea.generative.base import likelihood_figures
+from fovea.generative.pixelcnn import PixelCNN, PixelCNNConfig, build
+from fovea.vision.data import ImageData
 
 
 def _data(shape=(1, 8, 8), max_value=16, n=8) -> ImageData:
@@ -158,8 +158,8 @@ def test_pixelcnn_digits_meets_its_likelihood_band(seed, in_tmp, capsys):
     """The issue's band: the recipe as shipped reaches a test NLL of at most 85 nats per image (a 4-layer
     causal 1-D convolution over the raster order gets 85.8, independent pixels 106.5)."""
     from fovea.config import get_recipe
+    from fovea.generative.base import load_trained
     from fovea.run import Run
-    from generative.base import load_trained
 
     assert main(["train", "pixelcnn-digits", "--name", "p", "--seed", str(seed), "--wandb", "disabled"]) == 0
     capsys.readouterr()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.replay import FrameReplay
+from fovea.agents.replay import FrameReplay
 
 
 class FakeStackEnv:

@@ -20,7 +20,7 @@ from fovea import checkpoint
 from fovea.cli import main
 from fovea.errors import CheckpointError, RunError
 from fovea.run import Run, pick_device
-from vision.classify import ClassifierConfig
+from fovea.vision.classify import ClassifierConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +94,7 @@ def _train_cmd(name: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fovea", *args, *TINY_CNN, *extra]
 
 
+@pytest.mark.slow  # a real recipe in subprocesses: the slow tier
 def test_sigterm_then_resume_equals_one_straight_run(in_tmp):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     straight = subprocess.run(_train_cmd("straight"), env=env, capture_output=True, text=True, timeout=300)

@@ -6,9 +6,9 @@ import gymnasium as gym
 import torch
 from stable_baselines3 import PPO
 
-import envs  # noqa: F401  (registers fovea/Catch-v0)
-from agents.sb3 import FoveaExtractor
-from backbones.cnn import ConvNet
+from fovea import envs  # noqa: F401  (registers fovea/Catch-v0)
+from fovea.agents.sb3 import FoveaExtractor
+from fovea.backbones.cnn import ConvNet
 
 
 def test_ppo_trains_with_a_fovea_backbone():

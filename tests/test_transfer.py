@@ -6,9 +6,8 @@ import pytest
 import torch
 from conftest import TINY_CNN
 
-import backbones
-from backbones.transfer import freeze, load_weights, unfreeze
-from fovea import checkpoint
+from fovea import backbones, checkpoint
+from fovea.backbones.transfer import freeze, load_weights, unfreeze
 from fovea.cli import main
 from fovea.errors import CheckpointError
 

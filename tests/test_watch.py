@@ -11,7 +11,7 @@ import pytest
 import torch
 from wandb_reader import history
 
-from agents.watch import saliency_map
+from fovea.agents.watch import saliency_map
 from fovea.cli import main
 from fovea.media import overlay_heatmap, write_mp4
 

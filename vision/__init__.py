@@ -3,4 +3,4 @@
 Importing the package registers its recipes (``cnn-digits``, ...).
 """
 
-from vision import classify, data, detect, knn, linear  # noqa: F401
+from fovea.vision import classify, data, detect, knn, linear  # noqa: F401

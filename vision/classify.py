@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones.transfer import start_from
 from fovea import distributed
+from fovea.backbones.transfer import start_from
 from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
-from vision import data as vdata
-from vision.explain import explainer
-from vision.plots import confusion_png
-from vision.practice import UpdateRatios, augmenter, initialise, parse_augment
+from fovea.vision import data as vdata
+from fovea.vision.explain import explainer
+from fovea.vision.plots import confusion_png
+from fovea.vision.practice import UpdateRatios, augmenter, initialise, parse_augment
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -50,8 +50,8 @@ from fovea.config import BackboneSpec, Config, param, register_recipe, register_
 from fovea.errors import ConfigError
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
-from vision import detection_data as ddata
-from vision.data import SPLITS
+from fovea.vision import detection_data as ddata
+from fovea.vision.data import SPLITS
 
 MAX_DETECTIONS = 100
 """Detections kept per image, as in COCO's evaluation."""
@@ -496,7 +496,7 @@ def build(cfg: DetectorConfig, data: ddata.DetectionData, pretrained: bool = Tru
     shape, k = data.shape, len(data.classes)
     backbone = cfg.backbone.build(shape)
     if pretrained and cfg.backbone_from:
-        from backbones.transfer import start_from
+        from fovea.backbones.transfer import start_from
 
         start_from(backbone, cfg.backbone_from, False)
     if not hasattr(backbone, "forward_features"):
@@ -505,7 +505,7 @@ def build(cfg: DetectorConfig, data: ddata.DetectionData, pretrained: bool = Tru
         return Locator(backbone, shape, k, data.max_value, cfg.box_loss, cfg.box_weight)
     if cfg.model == "fcos":
         return FCOS(backbone, shape, k, data.max_value, cfg.strides, cfg.width)
-    from vision.fasterrcnn import FasterRCNNDetector
+    from fovea.vision.fasterrcnn import FasterRCNNDetector
 
     return FasterRCNNDetector(backbone, k, data.max_value, cfg.size)
 
@@ -619,7 +619,7 @@ def picture(data: ddata.DetectionData, predictions: list[dict], n: int = 8, thre
             columns: int = 4) -> np.ndarray:  # fmt: skip
     """The first ``n`` images with their true boxes (green) and predicted boxes scored above ``threshold`` (red,
     with class and score), as one (H, W, 3) uint8 grid."""
-    from vision.plots import image_grid
+    from fovea.vision.plots import image_grid
 
     n = min(n, len(data))
     upscale = max(1, 256 // max(data.shape[1:]))
@@ -727,7 +727,7 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
 def load_trained(cfg: DetectorConfig, run: Run, data: ddata.DetectionData) -> nn.Module:
     """The kept best detector of ``run``, in eval mode on ``run.device``; ``data`` gives the image shape and
     classes."""
-    from vision.classify import restored
+    from fovea.vision.classify import restored
 
     return restored(run, build(cfg, data, pretrained=False).to(run.device), "best")
 

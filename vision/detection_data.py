@@ -48,7 +48,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from fovea.config import suggest
 from fovea.errors import ConfigError
-from vision.data import DIGIT_CLASSES, SPLITS, _val_count, data_root, digits
+from fovea.vision.data import DIGIT_CLASSES, SPLITS, _val_count, data_root, digits
 
 CANVASES = {"train": 4000, "val": 500, "test": 500}
 """Canvases per split by default."""

@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw
 from fovea.errors import UsageError
 from fovea.media import overlay_heatmap
 from fovea.run import Run
-from vision import data as vdata
-from vision.plots import load_font, to_rgb
+from fovea.vision import data as vdata
+from fovea.vision.plots import load_font, to_rgb
 
 TILE = 96  # pixels on a tile's long side: an 8x8 digit is drawn 12x
 PER_ROW = 8  # images side by side before a picture wraps

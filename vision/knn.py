@@ -27,9 +27,9 @@ from torch import nn
 from fovea.config import Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
-from vision import data as vdata
-from vision.classify import evaluate_split, report, restored
-from vision.explain import explainer
+from fovea.vision import data as vdata
+from fovea.vision.classify import evaluate_split, report, restored
+from fovea.vision.explain import explainer
 
 MIN_SHARE = 1e-6
 """A class with no votes scores log(MIN_SHARE) (about -13.8), not -inf, so the log-loss of the votes is finite."""

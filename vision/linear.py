@@ -24,10 +24,10 @@ from torch import nn
 from fovea.config import Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
-from vision import classify
-from vision import data as vdata
-from vision import features as vfeat
-from vision.explain import explainer
+from fovea.vision import classify
+from fovea.vision import data as vdata
+from fovea.vision import features as vfeat
+from fovea.vision.explain import explainer
 
 
 def svm_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fovea.errors import ConfigError
-from vision.data import random_shift
+from fovea.vision.data import random_shift
 
 # ----------------------------------------------------------------------------- initialisation
 
