@@ -3,6 +3,7 @@ package of another project named ``agents`` or ``envs`` (openai-agents, say) hid
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -40,8 +41,13 @@ def test_stand_in_agents_and_envs_packages_hide_no_recipe(tmp_path):
 
 
 def test_the_wheel_holds_one_top_level_package(tmp_path):
+    src = tmp_path / "src"  # a copy: pip builds in the source tree, and the checkout stays as it is
+    for folder in ("fovea", *TASK_FOLDERS):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=600)  # fmt: skip
+                    str(tmp_path), str(src)], check=True, capture_output=True, timeout=600)  # fmt: skip
     (wheel,) = tmp_path.glob("fovea-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
