@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fovea.agents import common, watch
+from fovea.agents import common, optim, watch
 from fovea.agents.common import (
     AgentConfig,
     Carry,
@@ -34,14 +34,14 @@ from fovea.agents.common import (
     clip_grads,
     crossed,
     finish_training,
-    load_best,
+    load_network,
     make_env,
     pixel_scale,
     play,
     return_figures,
     to_device,
 )
-from fovea.agents.policy import ActorCritic, PolicyActor, sample
+from fovea.agents.policy import ActorCritic, PolicyActor, orthogonal_init, sample
 from fovea.agents.returns import gae
 from fovea.backbones.rnn import RecurrentCore
 from fovea.config import BackboneSpec, param, register_recipe, register_task
@@ -67,12 +67,18 @@ class A2CConfig(AgentConfig):
     """Weight of the entropy bonus."""
     normalize_advantages: bool = False
     """Standardise the advantages of each rollout."""
-    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
-    """RMSprop (alpha 0.99, as in the paper and SB3) or Adam."""
+    optimizer: Literal["rmsprop", "rmsprop-tf", "adam"] = "rmsprop"
+    """rmsprop (torch's: eps outside the root, the average from 0), rmsprop-tf (TensorFlow's, as RL Zoo's A2C via
+    SB3's RMSpropTFLike: eps inside the root, the average from 1) or adam; agents/optim.py has the formulas."""
     lr: float = param(7e-4, gt=0)
     """Learning rate."""
     optimizer_eps: float = param(1e-5, gt=0)
     """Optimizer epsilon."""
+    rmsprop_alpha: float = param(0.99, ge=0, lt=1)
+    """RMSprop's decay of the squared-gradient average (0.99 in the paper and SB3)."""
+    ortho_init: bool = True
+    """Initialise the trunk orthogonally (gain sqrt 2, zero biases) and a recurrent core orthogonally (gain 1), as
+    SB3 and CleanRL do for actor-critics; the heads always start at gains 0.01 (policy) and 1 (value)."""
     lr_decay: bool = False
     """Anneal the learning rate linearly to 0 over training."""
     max_grad_norm: float = param(0.5, ge=0)
@@ -94,21 +100,24 @@ class A2CConfig(AgentConfig):
 
 def build(cfg: A2CConfig | AgentConfig, env) -> ActorCritic:
     shape = env.single_observation_space.shape
-    trunk = build_trunk(cfg, shape)
+    ortho = getattr(cfg, "ortho_init", False)  # (REINFORCE keeps torch's initialisation)
+    trunk = build_trunk(cfg, shape, init=orthogonal_init if ortho else None)
     shared = getattr(cfg, "shared_backbone", True)
     critic = None if shared else cfg.backbone.build(shape)
     recurrent = getattr(cfg, "recurrent", "none")
     core = None
     if recurrent != "none":
         core = RecurrentCore((trunk.out_features,), hidden_size=cfg.hidden_size, cell=recurrent)
+    for part in (critic, core) if ortho else ():
+        if part is not None:
+            orthogonal_init(part, gain=1.0 if part is core else 2**0.5)
     return ActorCritic(trunk, env.num_actions, critic_trunk=critic, core=core, pixel_scale=pixel_scale(env))
 
 
 def make_optimizer(cfg, net: ActorCritic) -> torch.optim.Optimizer:
     params = [p for p in net.parameters() if p.requires_grad]  # all but a frozen --backbone-from trunk
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.99, eps=cfg.optimizer_eps, foreach=True)
-    return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)
+    alpha = getattr(cfg, "rmsprop_alpha", 0.99)
+    return optim.make_optimizer(cfg.optimizer, params, lr=cfg.lr, eps=cfg.optimizer_eps, alpha=alpha)
 
 
 class Rollout:
@@ -140,7 +149,7 @@ def train(cfg: A2CConfig, run: Run) -> dict:
     carry = Carry(starts=np.ones(n, bool), state=net.initial_state(n, dev))
     if hasattr(env, "state_dict"):  # CartPole, Catch: an exact resume plays on from the step it stopped at
         run.track_optional(env=env, carry=carry)
-    evaluate = lambda m: evaluate_policy(cfg, m, run.device)  # noqa: E731
+    evaluate = lambda m, offset: evaluate_policy(cfg, m, run.device, seed_offset=offset)  # noqa: E731
     run.restore()
 
     space = env.single_observation_space
@@ -193,7 +202,7 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
         obs, reward, term, trunc, info = env.step(actions.numpy())
         buf.actions[:, t], buf.values[:, t] = actions, value[:, 0]
         buf.rewards[:, t] = np.sign(reward) if cfg.clip_rewards else reward
-        buf.terminated[:, t], buf.ends[:, t], buf.valid[:, t] = term, term | trunc, ~info["reset"]
+        buf.terminated[:, t], buf.ends[:, t], buf.valid[:, t] = term, term | trunc, ~(info["reset"] | info["fired"])
         # The state restarts with each game (not at a lost life, as in evaluation); a truncated game's final
         # obs still reads the old state, for its bootstrap value.
         starts = (term & info["game_over"]) | info["reset"]
@@ -209,6 +218,8 @@ def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value
            fast: FastPath | None = None, skip=None) -> dict | None:  # fmt: skip
     """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward
     (under ``fast.autocast()``; logits and values come out in fp32, so the losses are fp32). No host sync."""
+    if not buf.valid.any():  # only reset steps (e.g. one env, one step per rollout): nothing to learn from
+        return None
     dev = buf.values.device
     fast = fast or FastPath(dev)
     # the host's part of the rollout goes over first, before this update queues any work on the device
@@ -244,28 +255,33 @@ def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value
     return out
 
 
-def evaluate_policy(cfg: A2CConfig, net: ActorCritic, device: torch.device, episodes: int | None = None) -> dict:
-    """Mean and spread of full-episode (unclipped) returns of the policy (greedy when ``eval_greedy``)."""
-    actor = PolicyActor(net, device, greedy=cfg.eval_greedy, generator=torch.Generator().manual_seed(cfg.seed + 10_000))
+def evaluate_policy(cfg: A2CConfig, net: ActorCritic, device: torch.device, episodes: int | None = None, *,
+                    seed_offset: int = common.SCORE) -> dict:  # fmt: skip
+    """Mean and spread of full-episode (unclipped) returns of the policy (greedy when ``eval_greedy``), on the games
+    of ``cfg.seed + seed_offset`` (``common.SELECTION``: those that pick the best network; ``SCORE``: fresh ones)."""
+    seed = cfg.seed + seed_offset
+    actor = PolicyActor(net, device, greedy=cfg.eval_greedy, generator=torch.Generator().manual_seed(seed))
     was_training = net.training
     net.eval()
     try:
-        returns = play(cfg, actor, episodes or cfg.eval_episodes or 10, seed=cfg.seed + 10_000)
+        returns = play(cfg, actor, episodes or cfg.eval_episodes or 10, seed=seed)
     finally:
         net.train(was_training)
     return return_figures(returns)
 
 
-def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, video: bool = False,
+def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, network: str = "final", video: bool = False,
              saliency: bool = False) -> dict:  # fmt: skip
-    """Play the best policy of training: ``episodes`` full games, and with ``video`` / ``saliency`` one
-    more recorded to MP4 (saliency of the chosen action's logit)."""
-    net = load_best(cfg, run, build)
-    figures = {"network": "best", "best_step": run.state.get("best_step"),
-               **evaluate_policy(cfg, net, run.device, episodes)}  # fmt: skip
+    """Score the ``final`` (default) or ``best`` policy of training on ``episodes`` fresh full games (seeds no
+    training game or selection evaluation used), and with ``video`` / ``saliency`` record one more to MP4
+    (saliency of the chosen action's logit). Returns the figures: ``eval/mean_return`` and its spread, the
+    network and the agent steps it was trained for."""
+    net = load_network(cfg, run, build, network, key="net")
+    trained = run.state.get("best_step") if network == "best" else run.step * cfg.num_envs * getattr(cfg, "n_steps", 1)
+    figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, net, run.device, episodes)}
     if video or saliency:
         actor = PolicyActor(net, run.device, greedy=cfg.eval_greedy,
-                            generator=torch.Generator().manual_seed(cfg.seed + 20_000))  # fmt: skip
+                            generator=torch.Generator().manual_seed(cfg.seed + common.VIDEO))  # fmt: skip
         before: list = [None]  # the recurrent state before the latest action
 
         def policy(obs: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -276,8 +292,7 @@ def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, video: bo
             logits, _, _ = net(x[None, None], before[0], starts[None])
             return logits[0, 0, action]
 
-        step = run.state.get("best_step", 0)
-        figures.update(watch.record(cfg, run, policy, score=score if saliency else None, step=step))
+        figures.update(watch.record(cfg, run, policy, score=score if saliency else None, step=trained or 0))
     return figures
 
 
@@ -298,13 +313,16 @@ register_recipe(
     ),  # fmt: skip
     "A2C with a small CNN on the 10x5 Catch pixels",
 )
-# SB3 / RL Zoo A2C on Atari (after Mnih et al. 2016): 16 envs, 5 steps, RMSprop 7e-4 with eps 1e-5, entropy 0.01,
-# value 0.25, clipped rewards, 10M steps; evaluation samples from the policy.
+# RL Zoo's A2C on Atari (after Mnih et al. 2016): 16 envs, 5 steps, RMSprop 7e-4 with eps 1e-5, entropy 0.01, value
+# 0.25, clipped rewards, orthogonal initialisation, 10M steps, the NoFrameskip-v4 envs (no sticky actions); evaluation
+# samples from the policy. One difference: RL Zoo uses TensorFlow's RMSprop form (--optimizer rmsprop-tf), these
+# recipes torch's, which learned Breakout faster on one seed (16.8 vs 2.1 mean training return over 0.75-1M steps).
 _ATARI = dict(backbone=BackboneSpec(name="nature-cnn"), num_envs=16, total_steps=10_000_000, ent_coef=0.01,
-              vf_coef=0.25, clip_rewards=True, eval_greedy=False, eval_episodes=30, eval_every=500_000,
+              vf_coef=0.25, clip_rewards=True, sticky=0.0, eval_greedy=False, eval_episodes=30, eval_every=500_000,
               checkpoint_every=5_000)  # fmt: skip
 for _game in ("pong", "breakout"):
     register_recipe(f"a2c-{_game}", A2CConfig(env=_game, **_ATARI),
-                    f"A2C on Atari {_game.capitalize()} with SB3 / RL Zoo settings (16 envs, 10M steps)")  # fmt: skip
+                    f"A2C on Atari {_game.capitalize()} with RL Zoo's settings but torch's RMSprop (16 envs, no "
+                    "sticky actions, 10M steps)")  # fmt: skip
     register_recipe(f"a2c-lstm-{_game}", A2CConfig(env=_game, recurrent="lstm", hidden_size=256, **_ATARI),
                     f"Recurrent A2C (Nature CNN + LSTM 256) on Atari {_game.capitalize()}")  # fmt: skip

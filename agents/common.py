@@ -31,6 +31,13 @@ from fovea.precision import amp_dtype, autocast, channels_last
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
+# The games an agent plays are kept apart by seed. Training plays cfg.seed + run.step (a new stream at each start or
+# resume); the periodic evaluations that pick the best network replay the same games, cfg.seed + SELECTION; scores
+# (the summary's eval/* figures and `fovea eval`) come from games at cfg.seed + SCORE that nothing else plays, so a
+# score is a fresh estimate, never the maximum of the evaluations that chose the network; the video plays
+# cfg.seed + VIDEO. Each offset seeds the envs and the policy's action draws alike.
+SELECTION, VIDEO, SCORE = 10_000, 20_000, 1 << 30
+
 
 @dataclass(kw_only=True)
 class AgentConfig(Config):
@@ -61,6 +68,9 @@ class AgentConfig(Config):
     """Atari: sticky-action probability (Machado et al. 2018; 0 for the Nature setting)."""
     life_loss: bool = True
     """Atari: a lost life ends the episode for learning (never for the reported score)."""
+    fire_on_life_loss: bool = True
+    """Atari: press FIRE on the step after a lost life in games that have it (as SB3's and CleanRL's wrappers do);
+    that step is not learned from as the agent's action."""
     eval_every: int = param(10_000, ge=0)
     """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
     eval_episodes: int = param(10, ge=0)
@@ -184,7 +194,7 @@ def to_device(x, device: torch.device):
 
 def make_env(cfg: AgentConfig, num_envs: int, seed: int, evaluation: bool = False):
     """The training (or, with ``evaluation``, the full-game) vector env of ``cfg``."""
-    atari = dict(sticky=cfg.sticky, life_loss=cfg.life_loss and not evaluation)
+    atari = dict(sticky=cfg.sticky, life_loss=cfg.life_loss and not evaluation, fire_on_life_loss=cfg.fire_on_life_loss)
     return vector.make(cfg.env, num_envs, seed=seed, **(atari if cfg.atari else {}))
 
 
@@ -193,9 +203,13 @@ def pixel_scale(env) -> float:
     return 255.0 if env.single_observation_space.dtype == np.uint8 else 1.0
 
 
-def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...]) -> nn.Module:
-    """The configured backbone, its weights taken from ``backbone_from`` (and frozen) when asked."""
+def build_trunk(cfg: AgentConfig, in_shape: tuple[int, ...], init: Callable[[nn.Module], None] | None = None
+                ) -> nn.Module:  # fmt: skip
+    """The configured backbone, initialised by ``init`` (default: torch's), then its weights taken from
+    ``backbone_from`` (and frozen) when asked."""
     trunk = cfg.backbone.build(in_shape)
+    if init is not None:
+        init(trunk)
     if cfg.backbone_from:
         start_from(trunk, cfg.backbone_from, cfg.freeze_backbone)
     return trunk
@@ -207,15 +221,22 @@ def catch_cnn() -> BackboneSpec:
     return BackboneSpec(name="convnet", options={"widths": (32,), "downsample": "none", "norm": "none"})
 
 
-def load_best(cfg: AgentConfig, run, build: Callable[[AgentConfig, object], nn.Module]) -> nn.Module:
-    """The network of the best training evaluation, from the run's latest checkpoint, in eval mode.
+NETWORKS = ("final", "best")
+
+
+def load_network(cfg: AgentConfig, run, build: Callable[[AgentConfig, object], nn.Module], network: str,
+                 key: str) -> nn.Module:  # fmt: skip
+    """From the run's latest checkpoint, in eval mode: the ``final`` network (the one training ended with, or the
+    latest of a run still under way, held under ``key``) or the ``best`` one (of the periodic evaluations).
 
     It is built without ``backbone_from``: the checkpoint holds every weight, and the source run may be gone.
     """
+    if network not in NETWORKS:
+        raise ConfigError(f"--network {network!r}: choose final (the last weights) or best (of the evaluations)")
     env = make_env(cfg, 1, cfg.seed)
     net = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
     env.close()
-    run.track(best=net)
+    run.track(**{"best" if network == "best" else key: net})
     if not run.restore():
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
     return net.eval()
@@ -257,9 +278,13 @@ def clip_grads(module: nn.Module, max_norm: float) -> torch.Tensor | None:
     return nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_norm)
 
 
-def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Callable[[nn.Module], dict]) -> dict:
-    """Evaluate ``net``, log it, and copy it into ``best`` when it beats every earlier evaluation."""
-    res = evaluate(net)
+Evaluate = Callable[..., dict]  # evaluate(net, seed_offset) -> return_figures of full games
+
+
+def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Evaluate) -> dict:
+    """Evaluate ``net`` on the selection games, log it, and copy it into ``best`` when it beats every earlier
+    evaluation."""
+    res = evaluate(net, SELECTION)
     run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
     if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
         run.state.update(best_return=res["eval/mean_return"], best_step=steps)
@@ -268,13 +293,26 @@ def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Callab
 
 
 def finish_training(cfg: AgentConfig, run, net: nn.Module, best: nn.Module, agent_steps: int,
-                    evaluate: Callable[[nn.Module], dict]) -> dict:  # fmt: skip
-    """The last evaluation (or, without evaluations, the final network taken as the best), saved with the
-    run so that `fovea eval` plays it; returns the figures of the run."""
+                    evaluate: Evaluate) -> dict:  # fmt: skip
+    """The last selection evaluation (or, without evaluations, the final network taken as the best), then the
+    scores on fresh games, saved with the run; returns the figures of the run.
+
+    ``eval/mean_return`` (and std, min, max) is the final network's score on the fresh games, as ``fovea eval``
+    reports it (the same games, so the same figure); ``eval/final_mean_return`` says so explicitly;
+    ``eval/best_mean_return`` is the best network's score on the same fresh games, and ``eval/best_selection_return``
+    what it scored on the selection games that picked it (biased upwards: it won that comparison)."""
     figures: dict = {"agent_steps": agent_steps}
     if cfg.eval_episodes:
-        figures.update(keep_best(run, net, best, agent_steps, evaluate))
-        figures.update({"eval/best_mean_return": run.state["best_return"], "eval/best_step": run.state["best_step"]})
+        keep_best(run, net, best, agent_steps, evaluate)
+        final = evaluate(net, SCORE)
+        same = run.state["best_step"] == agent_steps
+        best_score = final if same else evaluate(best, SCORE)
+        figures.update(final)
+        figures.update({"eval/final_mean_return": final["eval/mean_return"],
+                        "eval/best_mean_return": best_score["eval/mean_return"],
+                        "eval/best_selection_return": run.state["best_return"],
+                        "eval/best_step": run.state["best_step"]})  # fmt: skip
+        run.log({k: figures[k] for k in ("eval/final_mean_return", "eval/best_mean_return")}, step=agent_steps)
     else:
         best.load_state_dict(net.state_dict())
         run.state["best_step"] = agent_steps

@@ -40,12 +40,13 @@ from fovea.agents.common import (
     crossed,
     finish_training,
     full_precision,
-    load_best,
+    load_network,
     make_env,
     pixel_scale,
     play,
     return_figures,
 )
+from fovea.agents.optim import make_optimizer
 from fovea.agents.replay import FrameReplay
 from fovea.config import BackboneSpec, param, register_recipe, register_task
 from fovea.errors import ConfigError
@@ -129,12 +130,15 @@ class DQNConfig(AgentConfig):
     """Transitions the replay holds."""
     batch_size: int = param(64, ge=1)
     """Transitions per gradient step."""
-    optimizer: Literal["adam", "rmsprop"] = "adam"
-    """torch.optim optimizer."""
+    optimizer: Literal["adam", "rmsprop", "rmsprop-tf", "rmsprop-centered"] = "adam"
+    """adam; rmsprop (torch's: eps outside the root); rmsprop-tf (TensorFlow's: eps inside, average from 1);
+    rmsprop-centered (the Nature DQN's: centred, eps inside the root). agents/optim.py has the formulas."""
     lr: float = param(2.3e-3, gt=0)
     """Learning rate."""
     optimizer_eps: float = param(1e-8, gt=0)
     """Adam / RMSprop epsilon (1.5e-4 in Rainbow-style Adam, 0.01 in the Nature RMSprop)."""
+    rmsprop_alpha: float = param(0.99, ge=0, lt=1)
+    """RMSprop's decay of its running averages (0.95 in the Nature DQN)."""
     learning_starts: int = param(1000, ge=0)
     """Agent steps of experience before learning starts."""
     train_every: int = param(256, ge=1)
@@ -194,9 +198,8 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     best = copy.deepcopy(qnet).requires_grad_(False)  # the network of the best evaluation so far
     for net in (qnet, target):  # after the copies: best stays a plain module
         fast.prepare(net)
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.RMSprop
     trainable = [p for p in qnet.parameters() if p.requires_grad]  # all but a frozen --backbone-from trunk
-    optimizer = opt_cls(trainable, lr=cfg.lr, eps=cfg.optimizer_eps, foreach=True)  # one kernel per op
+    optimizer = make_optimizer(cfg.optimizer, trainable, lr=cfg.lr, eps=cfg.optimizer_eps, alpha=cfg.rmsprop_alpha)
     space = env.single_observation_space
     stack = getattr(env, "frame_stack", 1)
     frame_shape = space.shape[1:] if stack > 1 else space.shape
@@ -209,7 +212,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     if replay.sync_free:  # the replay draws on the device, from a generator there
         sample_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1)
         run.track(sample_generator=sample_gen)
-    evaluate = lambda net: evaluate_policy(cfg, net, run.device)  # noqa: E731
+    evaluate = lambda net, offset: evaluate_policy(cfg, net, run.device, seed_offset=offset)  # noqa: E731
     if cfg.save_replay:
         run.track(replay=replay)
     carry = Carry(pending=None)  # (actions, epsilon) of a step sent to the envs ahead of the next iteration
@@ -245,7 +248,8 @@ def train(cfg: DQNConfig, run: Run) -> dict:
         actions, epsilon = pending or act(obs, steps)
         next_obs, reward, term, trunc, info = envs.recv()
         learn_reward = np.sign(reward) if cfg.clip_rewards else reward
-        replay.add(actions, learn_reward, term, next_obs, info["reset"])
+        played = np.where(info["fired"], getattr(env, "fire_action", 0), actions)  # FIRE after a lost life
+        replay.add(played, learn_reward, term, next_obs, info["reset"])
         obs = next_obs
         done = info["episodes"]
         if len(done.returns):
@@ -306,31 +310,36 @@ def update_target(qnet: QNetwork, target: QNetwork, tau: float) -> None:
         tb.copy_(b)
 
 
-def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None) -> dict:
-    """Mean and spread of full-episode (unclipped) returns, acting with ``eval_epsilon``."""
-    gen = torch.Generator().manual_seed(cfg.seed + 10_000)
+def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None, *,
+                    seed_offset: int = common.SCORE) -> dict:  # fmt: skip
+    """Mean and spread of full-episode (unclipped) returns, acting with ``eval_epsilon``, on the games of
+    ``cfg.seed + seed_offset`` (``common.SELECTION``: those that pick the best network; ``SCORE``: fresh ones)."""
+    seed = cfg.seed + seed_offset
+    gen = torch.Generator().manual_seed(seed)
     was_training = qnet.training
     qnet.eval()
     try:
         returns = play(cfg, lambda obs, _: qnet.act(torch.as_tensor(obs, device=device), cfg.eval_epsilon, gen).numpy(),
-                       episodes or cfg.eval_episodes or 10, seed=cfg.seed + 10_000)  # fmt: skip
+                       episodes or cfg.eval_episodes or 10, seed=seed)  # fmt: skip
     finally:
         qnet.train(was_training)
     return return_figures(returns)
 
 
-def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, video: bool = False,
+def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, network: str = "final", video: bool = False,
              saliency: bool = False) -> dict:  # fmt: skip
-    """Play the best network of training: ``episodes`` full games (the Nature protocol on Atari: no-op
-    starts, ``eval_epsilon``), and with ``video`` / ``saliency`` one more recorded to MP4."""
-    qnet = load_best(cfg, run, build)
-    figures = {"network": "best", "best_step": run.state.get("best_step"),
-               **evaluate_policy(cfg, qnet, run.device, episodes)}  # fmt: skip
+    """Score the ``final`` (default) or ``best`` network of training on ``episodes`` fresh full games (the Nature
+    protocol on Atari: no-op starts, ``eval_epsilon``; seeds no training game or selection evaluation used), and
+    with ``video`` / ``saliency`` record one more to MP4. Returns the figures: ``eval/mean_return`` and its spread,
+    the network and the agent steps it was trained for."""
+    qnet = load_network(cfg, run, build, network, key="qnet")
+    trained = run.state.get("best_step") if network == "best" else run.step * cfg.num_envs
+    figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, qnet, run.device, episodes)}
     if video or saliency:
-        gen = torch.Generator().manual_seed(cfg.seed + 20_000)
+        gen = torch.Generator().manual_seed(cfg.seed + common.VIDEO)
         policy = lambda obs, _: qnet.act(torch.as_tensor(obs, device=run.device), cfg.eval_epsilon, gen).numpy()  # noqa: E731
         score = (lambda x, _, action: qnet(x[None])[0, action]) if saliency else None  # noqa: E731
-        figures.update(watch.record(cfg, run, policy, score=score, step=run.state.get("best_step", 0)))
+        figures.update(watch.record(cfg, run, policy, score=score, step=trained or 0))
     return figures
 
 
@@ -357,8 +366,10 @@ register_recipe(
     "DQN with a small CNN on the 10x5 Catch pixels: catches the ball in >90% of episodes within 20k steps",
 )
 # CleanRL's dqn_atari.py / RL Zoo: Adam 1e-4, batch 32, train every 4 steps, target every 1,000, epsilon 1 -> 0.01
-# over 10% of 10M steps, a 1M-transition replay, rewards clipped for learning.
+# over 10% of 10M steps, a 1M-transition replay, rewards clipped for learning, the NoFrameskip-v4 envs (no sticky
+# actions).
 _ATARI = dict(
+    sticky=0.0,
     backbone=BackboneSpec(name="nature-cnn"),
     total_steps=10_000_000,
     buffer_size=1_000_000,
@@ -376,18 +387,19 @@ _ATARI = dict(
     eval_every=500_000,
     checkpoint_every=100_000,
 )
-# Mnih et al. (2015), Extended Data Table 1: RMSprop 2.5e-4, target every 10k updates (40k steps), epsilon 1 -> 0.1
-# over 1M steps, learning after 50k steps, no sticky actions.
+# Mnih et al. (2015), Extended Data Table 1: their centred RMSprop (lr 2.5e-4, gradient and squared-gradient momentum
+# 0.95, min squared gradient 0.01 inside the root), target every 10k updates (40k steps), epsilon 1 -> 0.1 over 1M
+# steps, learning after 50k steps, no sticky actions.
 _NATURE = {
     **_ATARI,
-    "optimizer": "rmsprop",
+    "optimizer": "rmsprop-centered",
     "lr": 2.5e-4,
     "optimizer_eps": 0.01,
+    "rmsprop_alpha": 0.95,
     "learning_starts": 50_000,
     "target_update_every": 40_000,
     "eps_end": 0.1,
     "eps_fraction": 0.1,
-    "sticky": 0.0,
     "max_grad_norm": 0.0,
 }
 for _game in ("pong", "breakout"):

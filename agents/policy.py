@@ -89,6 +89,22 @@ class PolicyActor:
         return sample(logits[:, 0], self.greedy, self.gen).numpy()
 
 
+def orthogonal_init(module: nn.Module, gain: float = 2**0.5) -> None:
+    """SB3's and CleanRL's initialisation of an actor-critic's trunk: every convolution and linear layer orthogonal
+    with ``gain`` (sqrt 2 before ReLUs), every recurrent weight matrix orthogonal (gain 1 for a core), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.orthogonal_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LSTM | nn.GRU | nn.LSTMCell | nn.GRUCell):
+            for name, p in m.named_parameters():
+                if name.startswith("weight"):
+                    nn.init.orthogonal_(p, gain)
+                else:
+                    nn.init.zeros_(p)
+
+
 def sample(logits: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
     """(B, A) logits -> (B,) actions on the CPU: the argmax, or a draw from softmax(logits)."""
     if greedy:

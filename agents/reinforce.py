@@ -56,7 +56,7 @@ class ReinforceConfig(AgentConfig):
     """Weight of the value loss (baseline = value)."""
     ent_coef: float = param(0.0, ge=0)
     """Weight of the entropy bonus."""
-    optimizer: Literal["adam", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "rmsprop", "rmsprop-tf"] = "adam"
     """Optimizer of the policy (and value) network."""
     lr: float = param(1e-3, gt=0)
     """Learning rate."""
@@ -148,7 +148,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
     episodes = Episodes(n)
     if hasattr(env, "state_dict"):  # CartPole, Catch: an exact resume plays on, its episodes under way included
         run.track_optional(env=env, episodes=episodes)
-    evaluate = lambda m: a2c.evaluate_policy(cfg, m, run.device)  # noqa: E731
+    evaluate = lambda m, offset: a2c.evaluate_policy(cfg, m, run.device, seed_offset=offset)  # noqa: E731
     run.restore()
     run.state.setdefault("running_mean", 0.0)
     run.state.setdefault("updates", 0)
@@ -164,7 +164,8 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
         actions = sample(logits[:, 0], False, gen).numpy()
         next_obs, reward, term, trunc, info = env.step(actions)
         learn_reward = np.sign(reward) if cfg.clip_rewards else reward
-        for i in np.flatnonzero(~info["reset"]):  # a reset step is not a transition
+        # a reset, or FIRE pressed after a lost life, is not a transition of the agent's
+        for i in np.flatnonzero(~(info["reset"] | info["fired"])):
             episodes.add(i, obs[i].copy(), int(actions[i]), float(learn_reward[i]))  # own copy: envs may reuse obs
         for i in np.flatnonzero(term | trunc):
             episodes.end(i, bootstrap=final_value(cfg, net, next_obs[i], fast) if trunc[i] and not term[i] else 0.0)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fovea.agents.common import AgentConfig, Policy
+from fovea.agents.common import VIDEO, AgentConfig, Policy
 from fovea.envs import vector
 from fovea.errors import UsageError
 from fovea.media import overlay_heatmap, upscale, write_mp4
@@ -28,7 +28,8 @@ def render_env(cfg: AgentConfig, seed: int) -> tuple[gym.Env, float]:
     if cfg.atari:
         from fovea.envs.atari import make_eval_env
 
-        return make_eval_env(cfg.env, seed=seed, sticky=cfg.sticky), 15.0  # 60 Hz / frame skip 4
+        env = make_eval_env(cfg.env, seed=seed, sticky=cfg.sticky, fire_on_life_loss=cfg.fire_on_life_loss)
+        return env, 15.0  # 60 Hz / frame skip 4
     import fovea.envs.catch  # noqa: F401  (registers fovea/Catch-v0)
 
     env = gym.make(vector.CLASSIC[cfg.env], render_mode="rgb_array")
@@ -54,7 +55,7 @@ def record(cfg: AgentConfig, run: Run, policy: Policy, *, step: int, score: Scor
     """
     if score is not None and not (cfg.atari or cfg.env == "catch"):
         raise UsageError(f"--saliency needs pixel observations; {cfg.env}'s are a state vector (try --video alone)")
-    seed = cfg.seed + 20_000 if seed is None else seed
+    seed = cfg.seed + VIDEO if seed is None else seed
     env, fps = render_env(cfg, seed)
     obs, _ = env.reset(seed=seed)
     starts = np.ones(1, bool)

@@ -1,13 +1,19 @@
-"""Atari from pixels: ale-py's C++ ``AtariVectorEnv`` for training, a single gymnasium env for evaluation and video.
+"""Atari from pixels: ale-py's C++ ``AtariVectorEnv`` for training and evaluation, a single gymnasium env for video.
 
-Both apply the standard preprocessing of Mnih et al. (2015) as refined by Machado et al. (2018):
-84x84 grey frames, 4 stacked, frame skip 4 with max-pooling over the last two frames, up to 30
-no-op starts, FIRE on reset, and sticky actions (repeat probability 0.25, the ``-v5`` default;
-0.0 reproduces the Nature setting).
+Both apply the standard preprocessing of Mnih et al. (2015) as refined by Machado et al. (2018): 84x84 grey frames,
+4 stacked, frame skip 4 with max-pooling over the last two frames, and sticky actions (repeat probability 0.25, the
+``-v5`` default; 0.0 reproduces the Nature setting and the ``NoFrameskip-v4`` envs of SB3 and CleanRL).
 
-Rewards come back raw: the agent clips them for learning, while the score it reports is always
-the full-game, unclipped return. With ``life_loss=True`` a lost life sets ``terminated`` (an end of
-episode for learning only); the game itself goes on, and ``info["game_over"]`` marks the real end.
+One start protocol everywhere (training, scoring and video): a game starts with 0 to ``noop_max - 1`` no-op frames
+(uniform) and then, in games that have it, one frame of FIRE: ale-py's own reset, which the video env copies. After a
+lost life, in games with FIRE, the next agent step presses FIRE whatever the agent chose (as SB3's and CleanRL's
+``FireResetEnv`` does after every lost life, since their episodes end there): ``info["fired"]`` marks that step, whose
+action was not the agent's, so policy-gradient learners leave it out and DQN stores FIRE as its action.
+
+Rewards come back raw: the agent clips them for learning, while the score it reports is always the full-game,
+unclipped return. With ``life_loss=True`` a lost life sets ``terminated`` (an end of episode for learning only); the
+game itself goes on, and ``info["game_over"]`` marks the real end: no lives left, or the frame limit (which ale-py
+reports as ``terminated`` rather than ``truncated`` when a life is lost on that very step).
 """
 
 from __future__ import annotations
@@ -77,6 +83,21 @@ class EpisodeTracker:
         return reset, ended, episodes
 
 
+def fire_action(game: str) -> int | None:
+    """The index of FIRE in ``game``'s minimal action set (the one ale-py's envs use), or None without one."""
+    import ale_py
+    import ale_py.roms
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(game_id(game)))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions else None
+
+
+FRAME_SKIP = 4  # emulator frames per agent step
+
+
 class AtariVector:
     """``num_envs`` Atari games stepped together in C++ (``ale_py.vector_env.AtariVectorEnv``).
 
@@ -84,7 +105,8 @@ class AtariVector:
     lost life when ``life_loss``, or the game's end), ``truncated`` (the frame limit) and an info
     dict with ``game_over`` (the real end of a game), ``reset`` (this step was the automatic reset
     after a game over: its action was ignored and the observation starts a new game, so no
-    transition should be learned from it) and ``episodes`` (the full games that ended).
+    transition should be learned from it), ``fired`` (FIRE was pressed instead of the agent's action
+    after a lost life) and ``episodes`` (the full games that ended).
 
     Args:
         game: a game name (``games()`` lists them).
@@ -92,17 +114,20 @@ class AtariVector:
         seed: seeds the games' RNGs (no-op starts, sticky actions).
         sticky: probability of repeating the previous action (Machado et al. 2018).
         life_loss: end an episode for learning when a life is lost.
-        noop_max: up to this many no-op actions after each reset.
-        max_episode_frames: truncate a game after this many emulator frames (108,000 = 30 minutes).
+        fire_on_life_loss: press FIRE on the step after a lost life, in games that have it (SB3, CleanRL).
+        noop_max: each game starts with 0 .. noop_max - 1 no-op frames (then FIRE, in games that have it).
+        max_episode_frames: end a game after this many emulator frames (108,000 = 30 minutes).
         num_threads: C++ worker threads (0: one per core).
     """
 
     def __init__(self, game: str, num_envs: int, *, seed: int = 0, sticky: float = 0.25, life_loss: bool = True,
-                 noop_max: int = 30, max_episode_frames: int = 108_000, num_threads: int = 0):  # fmt: skip
+                 fire_on_life_loss: bool = True, noop_max: int = 30, max_episode_frames: int = 108_000,
+                 num_threads: int = 0):  # fmt: skip
         from ale_py.vector_env import AtariVectorEnv
 
-        if num_envs < 1 or not 0.0 <= sticky <= 1.0:
-            raise ConfigError(f"AtariVector needs num_envs >= 1 and 0 <= sticky <= 1; got {num_envs}, {sticky}")
+        if num_envs < 1 or not 0.0 <= sticky <= 1.0 or noop_max < 1:
+            raise ConfigError(f"AtariVector needs num_envs >= 1, 0 <= sticky <= 1 and noop_max >= 1; got {num_envs}, "
+                              f"{sticky}, {noop_max}")  # fmt: skip
         self.game, self.num_envs, self.seed = game_id(game), num_envs, seed
         self.env = AtariVectorEnv(
             self.game, num_envs, num_threads=num_threads, max_num_frames_per_episode=max_episode_frames,
@@ -113,12 +138,21 @@ class AtariVector:
         self.single_action_space = self.env.single_action_space
         self.num_actions = int(self.single_action_space.n)
         self.frame_stack = 4  # observations stack the last 4 frames: a replay can store each frame once
+        self.life_loss = life_loss
+        self.fire_action = fire_action(self.game) if fire_on_life_loss else None
+        # ale-py truncates a game once its agent steps reach the frame limit / frame skip (rounded up)
+        self.max_steps = -(-max_episode_frames // FRAME_SKIP)
         self.tracker = EpisodeTracker(num_envs)
+        self.lives = np.zeros(num_envs, np.int64)
+        self.fire_next = np.zeros(num_envs, bool)  # envs whose next step presses FIRE (a life was just lost)
+        self.fired = np.zeros(num_envs, bool)  # ... and those whose step under way does
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start every env afresh, seeded with ``seed`` (default: the seed given at construction)."""
-        obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
+        obs, info = self.env.reset(seed=self.seed if seed is None else seed)
         self.tracker.start()
+        self.lives[:] = info["lives"]
+        self.fire_next[:] = self.fired[:] = False
         return obs
 
     def step(self, actions: np.ndarray):
@@ -127,45 +161,99 @@ class AtariVector:
 
     def send(self, actions: np.ndarray) -> None:
         """Start a vector step: the games step in ale-py's C++ threads until ``recv``."""
-        self.env.send(np.asarray(actions))
+        actions = np.asarray(actions)
+        self.fired = self.fire_next
+        if self.fired.any():
+            actions = np.where(self.fired, self.fire_action, actions)
+        self.env.send(actions)
 
     def recv(self):
         """What ``step(actions)`` returns, for the step ``send`` started."""
         obs, reward, terminated, truncated, info = self.env.recv()
-        game_over = (terminated & (info["lives"] == 0)) | truncated
-        reset, game_over, episodes = self.tracker.update(reward, game_over)
+        lives = info["lives"].astype(np.int64)
+        live = ~self.tracker.reset_next
+        # The game ends (ale-py resets it on the next step) at no lives left, a terminal state that is no life
+        # lost, or the frame limit; the last is reported as `terminated` when a life is lost on that very step.
+        lost = live & (lives < self.lives)
+        at_limit = live & (self.tracker.lengths + 1 >= self.max_steps)
+        ended = terminated & ((lives == 0) | ~lost | (not self.life_loss))
+        reset, game_over, episodes = self.tracker.update(reward, ended | truncated | at_limit)
         live = ~reset
-        info = {"game_over": game_over, "reset": reset, "episodes": episodes, "lives": info["lives"]}
-        return obs, reward.astype(np.float32), terminated & live, truncated & live, info
+        # learning: a lost life (or the game's end) terminates; the frame limit alone truncates (it bootstraps)
+        term = terminated & ~(at_limit & ~lost) & live
+        trunc = (truncated | at_limit) & ~term & live
+        self.lives = lives
+        self.fire_next = lost & ~game_over if self.fire_action is not None else np.zeros(self.num_envs, bool)
+        info = {"game_over": game_over, "reset": reset, "fired": self.fired & live, "episodes": episodes,
+                "lives": lives, "episode_frame": info["episode_frame_number"]}  # fmt: skip
+        return obs, reward.astype(np.float32), term, trunc, info
 
     def close(self) -> None:
         self.env.close()
 
 
-class FireOnReset(gym.Wrapper):
-    """Press FIRE after each reset, for games that wait for it (as ``AtariVectorEnv`` does)."""
+class StartProtocol(gym.Wrapper):
+    """ale-py's start of a game, for a gymnasium ALE env with frame skip 1 (below ``AtariPreprocessing``): 0 to
+    ``noop_max - 1`` no-op frames, drawn from the env's seed, then one frame of FIRE in games that have it."""
+
+    def __init__(self, env: gym.Env, noop_max: int):
+        super().__init__(env)
+        self.noop_max, self.rng = noop_max, np.random.default_rng()
+        self.fire = "FIRE" in env.unwrapped.get_action_meanings()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        import ale_py
+
+        obs, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        ale = self.env.unwrapped.ale
+        for _ in range(int(self.rng.integers(0, self.noop_max))):
+            ale.act(ale_py.Action.NOOP)
+            if ale.game_over():
+                ale.reset_game()
+        if self.fire:
+            ale.act(ale_py.Action.FIRE)
+        return self.env.unwrapped._get_obs(), info
+
+
+class FireOnLifeLoss(gym.Wrapper):
+    """Press FIRE on the agent step after a lost life (the game goes on), in games that have it, as ``AtariVector``."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        self.fire_action = meanings.index("FIRE") if "FIRE" in meanings else None
+        self.lives, self.fire_next = 0, False
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        if "FIRE" in self.env.unwrapped.get_action_meanings():
-            obs, _, terminated, truncated, info = self.env.step(1)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
+        self.lives, self.fire_next = self.env.unwrapped.ale.lives(), False
         return obs, info
 
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(self.fire_action if self.fire_next else action)
+        lives = self.env.unwrapped.ale.lives()
+        self.fire_next = self.fire_action is not None and lives < self.lives and not (terminated or truncated)
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
 
-def make_eval_env(game: str, *, seed: int = 0, sticky: float = 0.25, noop_max: int = 30,
+
+def make_eval_env(game: str, *, seed: int = 0, sticky: float = 0.25, noop_max: int = 30, fire_on_life_loss: bool = True,
                   render_mode: str | None = "rgb_array", max_episode_frames: int = 108_000) -> gym.Env:  # fmt: skip
-    """One Atari game with the same preprocessing as ``AtariVector``, full games (no life loss), raw
-    rewards, and ``render()`` giving the RGB screen for video. Observations: (4, 84, 84) uint8."""
+    """One Atari game with the same preprocessing and start protocol as ``AtariVector``, full games (no life loss),
+    FIRE after a lost life, raw rewards, and ``render()`` giving the RGB screen for video. Observations:
+    (4, 84, 84) uint8."""
     import ale_py
 
     gym.register_envs(ale_py)
     name = "".join(part.capitalize() for part in game_id(game).split("_"))
     env = gym.make(f"ALE/{name}-v5", frameskip=1, repeat_action_probability=sticky, full_action_space=False,
                    max_num_frames_per_episode=max_episode_frames, render_mode=render_mode)  # fmt: skip
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, grayscale_obs=True)
-    env = FireOnReset(env)
+    env = StartProtocol(env, noop_max)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=0, frame_skip=FRAME_SKIP, screen_size=84, grayscale_obs=True)
+    if fire_on_life_loss:
+        env = FireOnLifeLoss(env)
     env = gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
     env.reset(seed=seed)
     return env

@@ -3,7 +3,8 @@
 Whatever the environment (CartPole's state vector, the Catch pixels, an Atari game), ``step``
 returns ``obs, reward, terminated, truncated, info`` as numpy arrays over the envs, with the info
 of ``envs.atari.AtariVector``: ``reset`` (this step only restarted a finished episode; it is not a
-transition), ``game_over`` and ``episodes`` (full-episode returns and lengths). Episodes restart on
+transition), ``fired`` (the env pressed FIRE instead of the agent's action, after a lost life: Atari only),
+``game_over`` and ``episodes`` (full-episode returns and lengths). Episodes restart on
 the step after they end, gymnasium's ``NEXT_STEP`` autoreset, which is also ale-py's.
 
 The classic envs can be checkpointed (``GymVector.state_dict``): the state of every env and wrapper, their RNGs,
@@ -50,7 +51,7 @@ class GymVector:
         self.obs = obs
         reset, ended, episodes = self.tracker.update(reward, terminated | truncated)
         live = ~reset
-        info = {"game_over": ended, "reset": reset, "episodes": episodes}
+        info = {"game_over": ended, "reset": reset, "fired": np.zeros(self.num_envs, bool), "episodes": episodes}
         return obs, reward.astype(np.float32), terminated & live, truncated & live, info
 
     def close(self) -> None:

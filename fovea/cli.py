@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--episodes", type=int, help="agents: episodes to play (default: the config's eval_episodes)")
+    e.add_argument("--network", choices=["final", "best"],
+                   help="agents: score the final network (default) or the best of the periodic evaluations; either "
+                        "plays fresh games, seeded apart from every game of training")  # fmt: skip
     e.add_argument("--video", action="store_true", help="agents: record one episode to runs/NAME/videos/ and W&B")
     e.add_argument("--saliency", action="store_true", help="agents: the video shows gradient saliency (pixels only)")
     e.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
@@ -290,8 +293,8 @@ def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool =
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    given = {"episodes": args.episodes, "video": args.video, "saliency": args.saliency, "classifier": args.classifier,
-             "samples": args.samples}  # fmt: skip
+    given = {"episodes": args.episodes, "network": args.network, "video": args.video, "saliency": args.saliency,
+             "classifier": args.classifier, "samples": args.samples}  # fmt: skip
     options = {k: v for k, v in given.items() if v}
     for flag in ("episodes", "samples"):
         if given[flag] is not None and given[flag] < 1:

@@ -135,17 +135,57 @@ def test_policy_gradient_recipes_train_log_and_resume(recipe, in_tmp, capsys):
             "--checkpoint-every", "10"]  # fmt: skip
     assert main(argv) == 0
     first = _last_json(capsys)
-    assert first["agent_steps"] == 2000 and first["eval/best_mean_return"] >= first["eval/mean_return"]
+    assert first["agent_steps"] == 2000 and first["eval/final_mean_return"] == first["eval/mean_return"]
     assert main(["train", "--resume", "runs/pg", "--total-steps", "3000"]) == 0
-    assert _last_json(capsys)["agent_steps"] == 3000
+    summary = _last_json(capsys)
+    assert summary["agent_steps"] == 3000
     rows = [json.loads(line) for line in (in_tmp / "runs/pg/metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
     assert {"train/episodic_return", "train/episode_length", "train/policy_loss", "train/entropy", "perf/sps",
             "eval/mean_return"} <= keys  # fmt: skip
     assert max(r["step"] for r in rows) == 3000
     assert list((in_tmp / "runs/pg/wandb").glob("offline-run-*/run-*.wandb"))  # W&B offline got it too
+    # fovea eval scores the final network on the summary's fresh games (so the same figure), --network best the best
     assert main(["eval", "runs/pg"]) == 0
-    assert _last_json(capsys)["network"] == "best"
+    scored = _last_json(capsys)
+    assert scored["network"] == "final" and scored["trained_steps"] == 3000
+    assert scored["eval/mean_return"] == summary["eval/final_mean_return"]
+    assert main(["eval", "runs/pg", "--network", "best"]) == 0
+    best = _last_json(capsys)
+    assert best["network"] == "best" and best["trained_steps"] == summary["eval/best_step"]
+    assert best["eval/mean_return"] == summary["eval/best_mean_return"]
+
+
+@pytest.mark.parametrize("recipe", ["a2c-cartpole", "dqn-cartpole"])
+def test_scores_come_from_games_no_training_or_selection_played(recipe, in_tmp, capsys, monkeypatch):
+    """The periodic evaluations that pick the best network replay the same games; the summary's scores and `fovea
+    eval` play games seeded apart from those and from every training game."""
+    from fovea.envs import vector
+
+    seeds: list[set] = []
+    make = vector.make
+
+    def recording(name, num_envs, *, seed=0, **options):
+        seeds.append({seed + i for i in range(num_envs)})  # gymnasium and ale-py seed env i with seed + i
+        return make(name, num_envs, seed=seed, **options)
+
+    monkeypatch.setattr(vector, "make", recording)
+    argv = ["train", recipe, "--name", "s", "--wandb", "disabled", "--total-steps", "1200", "--eval-every", "400",
+            "--eval-episodes", "3", "--learning-starts", "100"]  # fmt: skip
+    assert main(argv if recipe.startswith("dqn") else argv[:-2]) == 0
+    training_seeds, scored = set().union(*seeds[:-2]), seeds[-1]  # the last two: the final and best scores
+    seeds.clear()
+    assert main(["eval", "runs/s", "--episodes", "3"]) == 0
+    assert seeds[-1] == scored and not scored & training_seeds
+
+
+def test_a2c_trains_with_rollouts_of_reset_steps_only(in_tmp, capsys):
+    """One env and one step per rollout: the rollout after an episode's end holds only its reset step, a mean over
+    nothing, which used to be NaN and stop the run ("training diverged")."""
+    argv = ["train", "a2c-cartpole", "--name", "one", "--wandb", "disabled", "--num-envs", "1", "--n-steps", "1",
+            "--total-steps", "600", "--eval-episodes", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert _last_json(capsys)["agent_steps"] == 600
 
 
 def test_recurrent_a2c_runs_on_atari_pixels(in_tmp, capsys):
@@ -237,7 +277,7 @@ def test_without_evaluations_the_final_network_is_the_one_evaluated(in_tmp, caps
     net, best = state["objects"]["net"], state["objects"]["best"]
     assert all(torch.equal(net[k], best[k]) for k in net)
     assert main(["eval", "runs/noeval", "--episodes", "3"]) == 0
-    assert _last_json(capsys)["best_step"] == 800
+    assert _last_json(capsys)["trained_steps"] == 800
 
 
 @pytest.mark.parametrize(("recipe", "extra"), [("a2c-catch", []), ("reinforce-catch", ["--batch-episodes", "8"])])

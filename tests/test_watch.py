@@ -57,7 +57,7 @@ def test_eval_records_video_and_saliency_into_the_run_and_wandb(in_tmp, capsys):
     capsys.readouterr()
     assert main(["eval", "runs/c", "--video", "--saliency", "--episodes", "4"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert figures["eval/episodes"] == 4 and figures["best_step"] == 600
+    assert figures["eval/episodes"] == 4 and figures["network"] == "final" and figures["trained_steps"] == 600
     size, frames = _decode(Path(figures["video"]))
     assert figures["video/steps"] == 9 and len(frames) == 10  # a Catch episode: 9 moves, 10 screens
     assert size == (320, 160)  # the 10x5 board, upscaled 32x
