@@ -1,6 +1,6 @@
-"""Deep RL agents on pixels: DQN with experience replay, REINFORCE with a baseline, A2C; the SB3 adapter.
+"""Deep RL agents on pixels: DQN with experience replay, REINFORCE with a baseline, A2C, PPO; the SB3 adapter.
 
 Importing the package registers its recipes (``dqn-cartpole``, ...).
 """
 
-from fovea.agents import a2c, dqn, reinforce  # noqa: F401
+from fovea.agents import a2c, dqn, ppo, reinforce  # noqa: F401

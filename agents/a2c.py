@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -124,16 +125,25 @@ class Rollout:
     """(N, T) buffers of one rollout, batch-first like the network's inputs: what the network produces on the
     device, what the envs produce (and the actions, sampled on the CPU for them) on the host."""
 
-    def __init__(self, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, device: torch.device):
+    def __init__(self, n: int, t: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype, device: torch.device,
+                 num_actions: int):  # fmt: skip
         self.obs = torch.zeros((n, t, *obs_shape), dtype=obs_dtype, device=device)
         self.starts = torch.zeros((n, t), dtype=torch.bool, device=device)
         self.values = torch.zeros((n, t), device=device)
+        self.logp = torch.zeros((n, t, num_actions), device=device)  # log pi(.|s) of the acting policy (PPO's ratio)
         self.actions = torch.zeros((n, t), dtype=torch.long)
         self.rewards = np.zeros((n, t), np.float32)
         self.terminated, self.ends, self.valid = (np.zeros((n, t), bool) for _ in range(3))
 
 
-def train(cfg: A2CConfig, run: Run) -> dict:
+Learn = Callable[..., "dict | None"]  # update(cfg, net, optimizer, buf, last_value, state0, fast, skip=, progress=)
+
+
+def train(cfg: A2CConfig, run: Run, learn: Learn | None = None) -> dict:
+    """Train an actor-critic on rollouts of ``n_steps`` from ``num_envs`` envs, one ``learn`` call per rollout
+    (``update``: A2C's single gradient step; PPO passes its epochs of minibatches). Returns the run's figures (the
+    final network's score on fresh games, see ``common.finish_training``)."""
+    learn = learn or update
     env = make_env(cfg, cfg.num_envs, cfg.seed)
     fast = FastPath.of(cfg, run.device)
     net = build(cfg, env).to(run.device)
@@ -154,7 +164,7 @@ def train(cfg: A2CConfig, run: Run) -> dict:
 
     space = env.single_observation_space
     dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
-    buf = Rollout(n, t_len, space.shape, dtype, dev)
+    buf = Rollout(n, t_len, space.shape, dtype, dev, env.num_actions)
     if run.restored("env") and run.restored("carry"):
         obs, starts, state = env.obs, np.asarray(carry.values["starts"], bool), to_device(carry.values["state"], dev)
     else:  # a new run, or a resumed Atari run, which plays new games
@@ -172,7 +182,8 @@ def train(cfg: A2CConfig, run: Run) -> dict:
             run.log({"train/episodic_return": done.returns.mean(), "train/episode_length": done.lengths.mean()},
                     step=steps - width + (t + 1) * n)  # fmt: skip
         episodes.clear()
-        out = update(cfg, net, optimizer, buf, last_value, state0, fast, skip=run.skip_step)
+        progress = (it - 1) / iterations  # the fraction of training done before this update
+        out = learn(cfg, net, optimizer, buf, last_value, state0, fast, skip=run.skip_step, progress=progress)
         sched.step()
         if out is not None and (it % 20 == 0 or it == iterations):
             sps = (steps - start_steps) / (time.perf_counter() - start_time)
@@ -200,7 +211,7 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
         logits, value, state = net(o[:, None], state, s[:, None])
         actions = sample(logits[:, 0], False, gen)
         obs, reward, term, trunc, info = env.step(actions.numpy())
-        buf.actions[:, t], buf.values[:, t] = actions, value[:, 0]
+        buf.actions[:, t], buf.values[:, t], buf.logp[:, t] = actions, value[:, 0], F.log_softmax(logits[:, 0], -1)
         buf.rewards[:, t] = np.sign(reward) if cfg.clip_rewards else reward
         buf.terminated[:, t], buf.ends[:, t], buf.valid[:, t] = term, term | trunc, ~(info["reset"] | info["fired"])
         # The state restarts with each game (not at a lost life, as in evaluation); a truncated game's final
@@ -214,30 +225,47 @@ def collect(cfg: A2CConfig, env, net: ActorCritic, buf: Rollout, obs: np.ndarray
     return obs, starts, state, last_value[:, 0]
 
 
-def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value: torch.Tensor, state0,
-           fast: FastPath | None = None, skip=None) -> dict | None:  # fmt: skip
-    """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward
-    (under ``fast.autocast()``; logits and values come out in fp32, so the losses are fp32). No host sync."""
-    if not buf.valid.any():  # only reset steps (e.g. one env, one step per rollout): nothing to learn from
-        return None
+@dataclass(frozen=True)
+class Transitions:
+    """A rollout's learning targets, flattened env-major to (N*T,) like ``buf.obs.flatten(0, 1)``; ``keep`` indexes
+    the steps that are transitions (not a reset, not FIRE pressed for the agent)."""
+
+    keep: torch.Tensor  # (K,) int64
+    actions: torch.Tensor  # (N*T,) int64
+    advantages: torch.Tensor  # (N*T,) GAE(lambda) from the values seen while acting
+    returns: torch.Tensor  # (N*T,) advantages + values: the critic's targets
+
+
+def transitions(cfg: A2CConfig, buf: Rollout, last_value: torch.Tensor) -> Transitions:
+    """GAE advantages and returns of ``buf`` (bootstrapping from ``last_value``) on the device. No host sync."""
     dev = buf.values.device
-    fast = fast or FastPath(dev)
-    # the host's part of the rollout goes over first, before this update queues any work on the device
+    # the host's part of the rollout goes over first, before any work is queued on the device
     rewards, actions = torch.as_tensor(buf.rewards, device=dev), buf.actions.to(dev)
     terminated, ends = torch.as_tensor(buf.terminated, device=dev), torch.as_tensor(buf.ends, device=dev)
-    # the transitions (reset steps are not), as indices into the flattened (N*T) rollout: the host knows which they
-    # are, so selecting them needs no device-to-host read (a boolean mask would, for the size of the result)
+    # the transitions as indices into the flattened (N*T) rollout: the host knows which they are, so selecting them
+    # needs no device-to-host read (a boolean mask would, for the size of the result)
     keep = torch.as_tensor(np.flatnonzero(buf.valid.reshape(-1)), device=dev)
     next_values = torch.cat([buf.values[:, 1:], last_value[:, None]], dim=1)
     adv = gae(rewards, buf.values, next_values, terminated, ends, cfg.gamma, cfg.gae_lambda)
-    returns = adv + buf.values
-    adv, returns = adv.reshape(-1)[keep], returns.reshape(-1)[keep]
+    return Transitions(keep, actions.reshape(-1), adv.reshape(-1), (adv + buf.values).reshape(-1))
+
+
+def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value: torch.Tensor, state0,
+           fast: FastPath | None = None, skip=None, progress: float = 0.0) -> dict | None:  # fmt: skip
+    """One gradient step on a rollout: advantages from the values seen while acting, losses from a fresh forward
+    (under ``fast.autocast()``; logits and values come out in fp32, so the losses are fp32). No host sync.
+    (``progress``, the fraction of training done, is for learners with schedules of their own, as PPO's clip.)"""
+    if not buf.valid.any():  # only reset steps (e.g. one env, one step per rollout): nothing to learn from
+        return None
+    fast = fast or FastPath(buf.values.device)
+    t = transitions(cfg, buf, last_value)
+    keep, actions, adv, returns = t.keep, t.actions[t.keep], t.advantages[t.keep], t.returns[t.keep]
     if cfg.normalize_advantages and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     with fast.autocast():
         logits, values, _ = net(buf.obs, state0, buf.starts)
     logp_all = F.log_softmax(logits.reshape(-1, logits.shape[-1])[keep], -1)
-    logp = logp_all.gather(1, actions.reshape(-1)[keep][:, None]).squeeze(1)
+    logp = logp_all.gather(1, actions[:, None]).squeeze(1)
     entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
     policy_loss = -(adv * logp).mean()
     value_loss = F.mse_loss(values.reshape(-1)[keep], returns)

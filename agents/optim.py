@@ -5,8 +5,8 @@ RMSprop comes in three forms that behave differently on the same gradients:
 - ``rmsprop``: torch's. The running average of squared gradients starts at 0 and epsilon is added outside the
   square root: ``p -= lr * g / (sqrt(v) + eps)``. The first steps are large (``v`` is still small).
 - ``rmsprop-tf``: TensorFlow's, as the A2C paper's code and RL Zoo's A2C use it (SB3's ``RMSpropTFLike``). The
-  average starts at 1 and epsilon goes inside the root: ``p -= lr * g / sqrt(v + eps)``. With gradients of about
-  1e-3 the first update is then about 1,000x smaller than torch's.
+  average starts at 1 and epsilon goes inside the root: ``p -= lr * g / sqrt(v + eps)``. Its first update is
+  about |g| / 10 of torch's (10 lr per weight there): 10,000x smaller for gradients of about 1e-3.
 - ``rmsprop-centered``: DeepMind's Nature DQN (Mnih et al. 2015, the ``NeuralQLearner`` of their code): squared and
   plain gradient averages with the same decay (0.95 there), the first subtracted from the second (centred), and the
   "min squared gradient" 0.01 inside the root: ``p -= lr * g / sqrt(v - m**2 + eps)``, both averages from 0.

@@ -13,6 +13,7 @@ package's ``train`` (and ``evaluate``) function through ``register_task``.
 from __future__ import annotations
 
 import ast
+import contextvars
 import dataclasses
 import difflib
 import inspect
@@ -135,6 +136,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported config type {tp!r}")
 
 
+# Set while overrides are applied one field at a time: the checks that span fields run once, on the result, so the
+# order of the overrides does not matter (--num-envs 2 --num-minibatches 2 as well as the other way round).
+_DEFER_VALIDATE: contextvars.ContextVar[bool] = contextvars.ContextVar("defer_validate", default=False)
+
+
 @dataclass(kw_only=True)
 class Config:
     """Base of every config: checks types and bounds on construction, then calls ``validate()``."""
@@ -149,7 +155,8 @@ class Config:
                 if value is not None and not ok(value, bound):
                     raise ConfigError(f"{where} = {value!r} is not allowed: it must be {op} {bound}")
             object.__setattr__(self, f.name, value)
-        self.validate()
+        if not _DEFER_VALIDATE.get():
+            self.validate()
 
     def validate(self) -> None:
         """Checks that span several fields; raise ``ConfigError`` naming the field."""
@@ -273,8 +280,22 @@ def apply_overrides(cfg: C, args: list[str]) -> C:
                 raise ConfigError(f"option --{key} needs a value, e.g. --{key} VALUE")
             raw = args[i + 1] if j == i + 2 else " ".join(args[i + 1 : j])
             i = j
-        cfg = _set_path(cfg, key.split("."), raw)
+        token = _DEFER_VALIDATE.set(True)
+        try:
+            cfg = _set_path(cfg, key.split("."), raw)
+        finally:
+            _DEFER_VALIDATE.reset(token)
+    _validate_all(cfg)
     return cfg
+
+
+def _validate_all(cfg: Config) -> None:
+    """``validate()`` of ``cfg`` and of every config nested in it."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, Config):
+            _validate_all(value)
+    cfg.validate()
 
 
 def _is_number(s: str) -> bool:

@@ -10,6 +10,7 @@ from wandb_reader import history
 from fovea import agents  # noqa: F401  (registers the recipes)
 from fovea.agents.a2c import A2CConfig
 from fovea.agents.dqn import DQNConfig
+from fovea.agents.ppo import PPOConfig
 from fovea.agents.reinforce import ReinforceConfig
 from fovea.cli import main
 from fovea.config import recipes
@@ -18,6 +19,7 @@ TINY = {
     DQNConfig: "--total-steps 1000 --num-envs 2 --buffer-size 2000 --learning-starts 200 --train-every 4 "
     "--gradient-steps 1 --batch-size 32",
     A2CConfig: "--total-steps 400 --num-envs 4 --n-steps 5",
+    PPOConfig: "--total-steps 400 --num-envs 4 --n-steps 5 --n-epochs 2 --num-minibatches 2",
     ReinforceConfig: "--total-steps 600 --num-envs 4 --batch-episodes 2",
 }
 AGENT_RECIPES = sorted(name for name, r in recipes().items() if type(r.config) in TINY)
@@ -25,7 +27,7 @@ AGENT_RECIPES = sorted(name for name, r in recipes().items() if type(r.config) i
 
 def test_the_issue_s_recipes_exist():
     wanted = {"dqn-pong", "dqn-breakout", "a2c-pong", "a2c-breakout", "reinforce-cartpole", "dqn-cartpole",
-              "a2c-cartpole", "dqn-catch"}  # fmt: skip
+              "a2c-cartpole", "dqn-catch", "ppo-cartpole", "ppo-catch", "ppo-pong", "ppo-breakout", "ppo-lstm-pong"}
     assert wanted <= set(AGENT_RECIPES)
 
 

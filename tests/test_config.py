@@ -148,3 +148,14 @@ def test_random_overrides_give_a_config_or_a_clean_error(args):
         assert str(e)
     else:
         assert isinstance(cfg, ClassifierConfig) and cfg.lr > 0 and cfg.epochs >= 1
+
+
+def test_overrides_are_checked_together_whatever_their_order():
+    from fovea.agents.ppo import PPOConfig
+
+    lstm = ["--recurrent", "lstm", "--shared-backbone", "true"]
+    for order in (["--num-envs", "2", "--num-minibatches", "2"], ["--num-minibatches", "2", "--num-envs", "2"]):
+        cfg = apply_overrides(PPOConfig(), [*lstm, *order])
+        assert (cfg.num_envs, cfg.num_minibatches) == (2, 2)
+    with pytest.raises(ConfigError, match="num_minibatches = 3 is more than num_envs = 2"):
+        apply_overrides(PPOConfig(), [*lstm, "--num-minibatches", "3", "--num-envs", "2"])

@@ -1,6 +1,7 @@
 """Exact resume (issue 8): a run stopped at a checkpoint and resumed ends with the same weights, bitwise on the CPU,
 and the same metrics as one run straight through, for DQN (its replay buffer saved), A2C, the VAE, the GAN and the
-CNN (and a recurrent A2C, whose LSTM state is carried across the cut, and REINFORCE, whose episodes are).
+CNN (and a recurrent A2C, whose LSTM state is carried across the cut, REINFORCE, whose episodes are, and PPO, whose
+minibatches are shuffled by the global RNG that checkpoints keep).
 
 The stop is the one SIGTERM gives (``Run.loop`` saves and raises ``Interrupted``), triggered in this process
 after a chosen step so that the cut falls mid-run at a known place.
@@ -29,6 +30,10 @@ CASES = {
                              "--eval-every", "1000", "--eval-episodes", "2"], 200),  # fmt: skip
     "a2c": ("a2c-cartpole", ["--total-steps", "4000", "--eval-every", "2000", "--eval-episodes", "2"], 30),
     "reinforce": ("reinforce-cartpole", ["--total-steps", "4000", "--eval-every", "2000", "--eval-episodes", "2"], 250),
+    "ppo": ("ppo-cartpole", ["--total-steps", "2560", "--n-epochs", "3", "--num-minibatches", "2", "--eval-every",
+                             "1280", "--eval-episodes", "2"], 5),  # fmt: skip
+    "ppo-lstm": ("ppo-catch", ["--recurrent", "lstm", "--hidden-size", "16", "--total-steps", "2048", "--eval-every",
+                               "1024", "--eval-episodes", "2"], 3),  # fmt: skip
     "a2c-lstm": ("a2c-catch", ["--recurrent", "lstm", "--hidden-size", "32", "--total-steps", "3200", "--eval-every",
                                "1600", "--eval-episodes", "2"], 20),  # fmt: skip
 }

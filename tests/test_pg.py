@@ -111,7 +111,7 @@ def test_recurrent_rollout_values_match_the_unrolled_update():
     cfg = A2CConfig(env="catch", num_envs=3, n_steps=7, recurrent="gru", hidden_size=16, backbone=spec)
     env = make_env(cfg, cfg.num_envs, seed=0)
     net = a2c.build(cfg, env)
-    buf = Rollout(3, 7, env.single_observation_space.shape, torch.uint8, torch.device("cpu"))
+    buf = Rollout(3, 7, env.single_observation_space.shape, torch.uint8, torch.device("cpu"), env.num_actions)
     obs, starts, state, gen = env.reset(), np.ones(3, bool), net.initial_state(3), torch.Generator().manual_seed(0)
     seen_starts = 0
     for _ in range(4):  # 28 steps: Catch episodes last 9, so rollouts cross several episode starts
@@ -297,7 +297,7 @@ def test_the_update_reads_the_transitions_by_index_as_the_mask_did():
     cfg = A2CConfig(env="catch", num_envs=3, n_steps=12, backbone=catch_cnn())
     env = make_env(cfg, cfg.num_envs, seed=0)
     net = a2c.build(cfg, env)
-    buf = Rollout(3, 12, env.single_observation_space.shape, torch.uint8, torch.device("cpu"))
+    buf = Rollout(3, 12, env.single_observation_space.shape, torch.uint8, torch.device("cpu"), env.num_actions)
     obs, starts, gen = env.reset(), np.ones(3, bool), torch.Generator().manual_seed(0)
     _, _, _, last_value = collect(cfg, env, net, buf, obs, starts, None, gen, [])
     env.close()
