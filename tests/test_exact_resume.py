@@ -30,10 +30,10 @@ CASES = {
                              "--eval-every", "1000", "--eval-episodes", "2"], 200),  # fmt: skip
     "a2c": ("a2c-cartpole", ["--total-steps", "4000", "--eval-every", "2000", "--eval-episodes", "2"], 30),
     "reinforce": ("reinforce-cartpole", ["--total-steps", "4000", "--eval-every", "2000", "--eval-episodes", "2"], 250),
-    "ppo": ("ppo-cartpole", ["--total-steps", "2560", "--n-epochs", "3", "--num-minibatches", "2", "--eval-every",
-                             "1280", "--eval-episodes", "2"], 5),  # fmt: skip
-    "ppo-lstm": ("ppo-catch", ["--recurrent", "lstm", "--hidden-size", "16", "--total-steps", "2048", "--eval-every",
-                               "1024", "--eval-episodes", "2"], 3),  # fmt: skip
+    "ppo": ("ppo-cartpole", ["--total-steps", "1024", "--n-epochs", "2", "--num-minibatches", "2", "--eval-every",
+                             "512", "--eval-episodes", "2"], 2),  # fmt: skip
+    "ppo-lstm": ("ppo-catch", ["--recurrent", "lstm", "--hidden-size", "16", "--total-steps", "1024", "--n-epochs",
+                               "2", "--eval-every", "512", "--eval-episodes", "2"], 2),  # fmt: skip
     "a2c-lstm": ("a2c-catch", ["--recurrent", "lstm", "--hidden-size", "32", "--total-steps", "3200", "--eval-every",
                                "1600", "--eval-episodes", "2"], 20),  # fmt: skip
 }
