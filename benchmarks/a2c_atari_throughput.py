@@ -58,29 +58,41 @@ def fovea_sps(game: str, envs: int, steps: int, device: str, runs_dir: str) -> t
         optimizer="rmsprop", lr_decay=False, normalize_advantages=False, shared_backbone=True, recurrent="none",
         clip_rewards=True, sticky=0.0, life_loss=True, eval_episodes=0, checkpoint_every=10**9, seed=0, **HYPER,
     )  # fmt: skip
-    with Run("a2c-pong", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
-        train(cfg, run)
+    return loop_sps(cfg, train, steps, device, runs_dir, start)
+
+
+def loop_sps(cfg, train_fn, steps: int, device: str, runs_dir: str, start: float) -> tuple[float, float]:
+    """Train ``cfg`` with ``train_fn``; its steps/s over the training loop (the ``perf/sps`` that A2C's and PPO's
+    loop logs at its last update: steps / time from after the env reset to the end of that update) and over the
+    whole call since ``start``."""
+    with Run("throughput", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
+        train_fn(cfg, run)
         total = steps / (time.perf_counter() - start)
-    # train() logs perf/sps at its last update: steps / time from after the env reset to the end of that update.
     rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
     sps = [row["perf/sps"] for row in rows if "perf/sps" in row]
     if not sps:
-        raise RuntimeError(f"agents.a2c.train logged no perf/sps in {run.dir / 'metrics.jsonl'}; the loop went untimed")
+        raise RuntimeError(f"{train_fn.__module__}.train logged no perf/sps in {run.dir / 'metrics.jsonl'}")
     return sps[-1], total
 
 
-def sb3_sps(game: str, envs: int, steps: int, device: str, subproc: bool = False) -> tuple[float, float]:
-    """SB3's steps/s over its training loop (from after the env reset to the end of the last update) and over
-    the whole call, set-up included."""
+def sb3_atari_env(game: str, envs: int, subproc: bool = False):
+    """RL Zoo's Atari envs for SB3: ``make_atari_env`` (NoFrameskip-v4, AtariWrapper) + ``VecFrameStack(4)``."""
     import ale_py
     import gymnasium as gym
-    from stable_baselines3 import A2C
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_atari_env
-    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
 
-    class Clock(BaseCallback):  # learn() resets the envs, then starts training, then ends it after the last update
+    gym.register_envs(ale_py)
+    env_id = "".join(part.capitalize() for part in game.split("_")) + "NoFrameskip-v4"  # space_invaders: SpaceInv...
+    vec_cls = SubprocVecEnv if subproc else DummyVecEnv
+    return VecFrameStack(make_atari_env(env_id, n_envs=envs, seed=0, vec_env_cls=vec_cls), n_stack=4)
+
+
+def clock():
+    """An SB3 callback timing ``learn`` from after its env reset (training start) to the end of the last update."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Clock(BaseCallback):
         def _on_training_start(self) -> None:
             self.start = time.perf_counter()
 
@@ -90,12 +102,18 @@ def sb3_sps(game: str, envs: int, steps: int, device: str, subproc: bool = False
         def _on_training_end(self) -> None:
             self.end = time.perf_counter()
 
+    return Clock()
+
+
+def sb3_sps(game: str, envs: int, steps: int, device: str, subproc: bool = False) -> tuple[float, float]:
+    """SB3's steps/s over its training loop (from after the env reset to the end of the last update) and over
+    the whole call, set-up included."""
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
     start = time.perf_counter()
-    gym.register_envs(ale_py)
-    env_id = "".join(part.capitalize() for part in game.split("_")) + "NoFrameskip-v4"  # space_invaders: SpaceInv...
-    vec_cls = SubprocVecEnv if subproc else DummyVecEnv
-    env = VecFrameStack(make_atari_env(env_id, n_envs=envs, seed=0, vec_env_cls=vec_cls), n_stack=4)
-    clock = Clock()
+    env = sb3_atari_env(game, envs, subproc)
+    timer = clock()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -105,11 +123,11 @@ def sb3_sps(game: str, envs: int, steps: int, device: str, subproc: bool = False
                         policy_kwargs=dict(optimizer_class=RMSpropTFLike,
                                            optimizer_kwargs=dict(eps=HYPER["optimizer_eps"])),
                         device=device, seed=0, verbose=0)  # fmt: skip
-            model.learn(total_timesteps=steps, callback=clock)
+            model.learn(total_timesteps=steps, callback=timer)
         total = steps / (time.perf_counter() - start)
     finally:
         env.close()
-    return steps / (clock.end - clock.start), total
+    return steps / (timer.end - timer.start), total
 
 
 def compare(game: str, envs: int, steps: int, device: str, subproc: bool, runs_dir: str) -> dict:
