@@ -1,5 +1,5 @@
-"""Detection (vision/detect.py): box coding, the FCOS targets and post-processing, mAP, the models' contract, the
-CLI (train, resume, eval, detect) and, marked slow, the learning bands."""
+"""Detection (vision/detect.py and the files it composes): box coding, the FCOS targets and post-processing, mAP,
+the models' contract, the CLI (train, resume, eval, detect) and, marked slow, the learning bands."""
 
 from __future__ import annotations
 
@@ -23,23 +23,13 @@ from fovea import backbones, checkpoint, distributed
 from fovea.cli import main
 from fovea.config import apply_overrides, recipes
 from fovea.errors import ConfigError
-from fovea.vision.detect import (
-    FCOS,
-    DetectorConfig,
-    FeaturePyramid,
-    Locator,
-    batches,
-    build,
-    centreness,
-    decode,
-    detect_all,
-    encode,
-    grid_points,
-    mean_ap,
-    postprocess,
-    training_batches,
-)
+from fovea.vision.boxes import centreness, decode, encode, grid_points, postprocess
+from fovea.vision.detect import DetectorConfig, build
+from fovea.vision.detection_batches import batches, training_batches
 from fovea.vision.detection_data import DetectionData, augmenter, digits_canvases, digits_locate
+from fovea.vision.detection_metrics import detect_all, mean_ap
+from fovea.vision.fcos import FCOS, FeaturePyramid
+from fovea.vision.locate import Locator
 
 TINY = ["--backbone.widths", "8,16,16", "--width", "16", "--batch-size", "16", "--score-threshold", "0.2",
         "--eval-images", "100", "--wandb", "disabled"]  # fmt: skip

@@ -254,8 +254,13 @@ def stopped_early(cfg: ClassifierConfig, run: Run) -> bool:
 
 
 def train(cfg: ClassifierConfig, run: Run) -> dict:
-    """Train on the train split and validate every epoch, keeping the weights of the best validation
-    accuracy (with early stopping after ``patience`` epochs without one); report their test accuracy."""
+    """Train the classifier of ``cfg`` on the train split and validate it every epoch, keeping the weights of the
+    best validation accuracy (stopping early after ``patience`` epochs without a better one; with
+    ``overfit_batch``, the sanity check instead: a few images, no regularisation, the last weights kept).
+
+    Returns the summary figures of the kept weights {test/acc, test/loss, val/acc, train/acc, train/loss,
+    best_epoch, epochs}; their confusion matrix on val is logged as a picture.
+    """
     if cfg.overfit_batch:
         cfg = cfg.sanity_check()
         run.say(f"Sanity check: overfitting the first {cfg.overfit_batch} training images (no regularisation).")
@@ -322,7 +327,12 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
 
 
 def evaluate(cfg: ClassifierConfig, run: Run) -> dict:
-    """Test accuracy, per-class accuracy and the confusion matrix of a run's latest checkpoint."""
+    """``fovea eval`` for a classifier: the best weights kept in ``run``'s latest checkpoint (its last weights,
+    for a run from before best weights were kept) scored on the test split by ``report``.
+
+    Returns {test/acc, test/loss, test/acc_class_CLASS per class, confusion_png (the drawn matrix, where it was
+    written), confusion (rows: true class, columns: predicted)}.
+    """
     test = vdata.load(cfg.dataset, "test", data_dir=cfg.data_dir or None).to(run.device)
     return report(run, load_trained(cfg, run, test), test)
 
@@ -330,12 +340,13 @@ def evaluate(cfg: ClassifierConfig, run: Run) -> dict:
 def load_trained(cfg: ClassifierConfig, run: Run, data: vdata.ImageData) -> Classifier:
     """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
     model = build(cfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(run.device)
-    return restored(run, model, "best", fallback={"best": "model"})  # a run from before best weights: its last
+    return restore_model(run, model, "best", fallback={"best": "model"})  # a run from before best weights: its last
 
 
-def restored(run: Run, model: M, name: str = "model", fallback: dict[str, str] | None = None) -> M:
-    """``model`` loaded from ``run``'s latest checkpoint, where it is tracked as ``name``, in eval mode; a run
-    with no checkpoint is a ConfigError saying so."""
+def restore_model(run: Run, model: M, name: str = "model", fallback: dict[str, str] | None = None) -> M:
+    """``model`` with the weights tracked as ``name`` in ``run``'s latest checkpoint loaded into it, in eval mode
+    (``Run.restored`` is another thing: whether a resume put back one tracked object). A run with no checkpoint
+    is a ConfigError saying so."""
     run.track(**{name: model})
     if not run.restore(fallback=fallback):
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")

@@ -28,7 +28,7 @@ from fovea.config import Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
 from fovea.run import Run
 from fovea.vision import data as vdata
-from fovea.vision.classify import evaluate_split, report, restored
+from fovea.vision.classify import evaluate_split, report, restore_model
 from fovea.vision.explain import explainer
 
 MIN_SHARE = 1e-6
@@ -328,7 +328,12 @@ def _splits(cfg: KNNConfig, device: torch.device, names: tuple[str, ...] = vdata
 
 
 def train(cfg: KNNConfig, run: Run) -> dict:
-    """Store the training images, choose k by cross-validation, report validation and test accuracy."""
+    """Fit the kNN of ``cfg``: store the training images and choose k by cross-validation on them (unless
+    ``cfg.k`` gives it), then score it on val and test. The checkpoint holds the images, labels and k.
+
+    Returns the summary figures {k, train_images, val/acc, val/loss, test/acc, test/loss}, and when k was
+    cross-validated cv/acc (of the chosen k) and cv/acc_kK for every k tried.
+    """
     splits = _splits(cfg, run.device)
     knn, cv = fit(cfg, splits["train"], run.device)
     run.track(model=knn)
@@ -350,7 +355,11 @@ def train(cfg: KNNConfig, run: Run) -> dict:
 
 
 def evaluate(cfg: KNNConfig, run: Run) -> dict:
-    """Test accuracy, per-class accuracy and the confusion matrix of a run's checkpoint."""
+    """``fovea eval`` for a kNN: the model in ``run``'s checkpoint scored on the test split by
+    ``classify.report``.
+
+    Returns {k, test/acc, test/loss, test/acc_class_CLASS per class, confusion_png, confusion}.
+    """
     test = _splits(cfg, run.device, ("test",))["test"]
     knn = load_trained(cfg, run, test)
     return {"k": knn.k, **report(run, knn, test)}
@@ -362,7 +371,7 @@ def load_trained(cfg: KNNConfig, run: Run, data: vdata.ImageData) -> KNN:
     empty = torch.empty(0, *data.shape, dtype=torch.uint8)
     knn = KNN(empty, torch.empty(0, dtype=torch.int64), len(data.classes), data.max_value, 1, cfg.metric,
               cfg.query_batch, cfg.point_batch).to(run.device)  # fmt: skip
-    return restored(run, knn)
+    return restore_model(run, knn)
 
 
 register_task(KNNConfig, train, evaluate, explain=explainer(load_trained))

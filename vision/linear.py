@@ -245,7 +245,11 @@ def fit(cfg: LinearConfig, train: vdata.ImageData, val: vdata.ImageData | None =
 
 
 def train(cfg: LinearConfig, run: Run) -> dict:
-    """Train on the train split, validate every epoch, report test accuracy at the end."""
+    """Train the linear classifier of ``cfg`` (SVM or softmax loss, on pixels or features) on the train split by
+    minibatch SGD, validating every epoch; the last weights are kept.
+
+    Returns the summary figures {test/acc, test/loss, val/acc, train_s (seconds of training), epochs}.
+    """
     splits = {s: load_split(cfg, s) for s in vdata.SPLITS}
     started = time.perf_counter()
     fitting = start(cfg, splits["train"], splits["val"], run.device)
@@ -262,7 +266,11 @@ def train(cfg: LinearConfig, run: Run) -> dict:
 
 
 def evaluate(cfg: LinearConfig, run: Run) -> dict:
-    """Test accuracy, per-class accuracy and the confusion matrix of a run's latest checkpoint."""
+    """``fovea eval`` for a linear classifier: the weights in ``run``'s latest checkpoint scored on the test split
+    by ``classify.report``.
+
+    Returns {test/acc, test/loss, test/acc_class_CLASS per class, confusion_png, confusion}.
+    """
     test = load_split(cfg, "test").to(run.device)
     return classify.report(run, load_trained(cfg, run, test), test)
 
@@ -270,7 +278,7 @@ def evaluate(cfg: LinearConfig, run: Run) -> dict:
 def load_trained(cfg: LinearConfig, run: Run, data: vdata.ImageData) -> LinearClassifier:
     """The classifier in ``run``'s latest checkpoint, in eval mode on ``run.device``; ``data`` gives its shape."""
     model = build(cfg, data.shape, len(data.classes), data.max_value).to(run.device)
-    return classify.restored(run, model)
+    return classify.restore_model(run, model)
 
 
 register_task(LinearConfig, train, evaluate, explain=explainer(load_trained))
