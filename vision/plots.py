@@ -1,12 +1,14 @@
 """Pictures of classification results, drawn with Pillow (no plotting library needed): a confusion
-matrix with counts and class names, and grids of small images."""
+matrix with counts and class names, and grids of small images (torchvision's ``make_grid``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
 
 def load_font(size: int) -> ImageFont.ImageFont:
@@ -45,18 +47,19 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ce
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 1, pad: int = 1) -> np.ndarray:
-    """(N, H, W, 3) uint8 images as one (rows * H, columns * W, 3) picture, tiles upscaled by ``scale``
-    and separated by ``pad`` white pixels."""
+    """(N, H, W, 3) uint8 images as one (rows * H' + pad, columns * W' + pad, 3) picture by torchvision's
+    ``make_grid``: tiles upscaled by ``scale``, framed and separated by ``pad`` white pixels (H' = H * scale +
+    pad, W' likewise), ``columns`` tiles a row, the last row's empty places white."""
     n, h, w, c = images.shape
     rows = -(-n // columns)
-    H, W = h * scale + pad, w * scale + pad
-    out = np.full((rows * H + pad, columns * W + pad, c), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, col = divmod(i, columns)
-        out[pad + r * H : pad + r * H + h * scale, pad + col * W : pad + col * W + w * scale] = im.repeat(
-            scale, 0
-        ).repeat(scale, 1)
-    return out
+    tiles = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    tiles = tiles.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    # White tiles fill the last row (make_grid would narrow a grid of fewer than ``columns`` tiles), and a second
+    # row when there is a single tile (make_grid would return it unframed); that row is cropped off below.
+    spare = rows * columns - n + (columns if rows * columns == 1 else 0)
+    tiles = torch.cat([tiles, tiles.new_full((spare, c, h * scale, w * scale), 255)])
+    grid = make_grid(tiles, nrow=columns, padding=pad, pad_value=255)  # (3, rows' * H' + pad, columns * W' + pad)
+    return grid[:, : rows * (h * scale + pad) + pad].permute(1, 2, 0).contiguous().numpy()
 
 
 def to_rgb(images, max_value: float) -> np.ndarray:
