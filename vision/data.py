@@ -34,6 +34,7 @@ import inspect
 import os
 import pickle
 import re
+import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -242,19 +243,38 @@ _MNIST_FILES = {
 }
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """The array in an IDX file (MNIST's format), gzipped or not; a corrupt file raises ``ConfigError``.
+def read_idx(path: str | Path) -> torch.Tensor:
+    """The tensor in an IDX file (MNIST's format), gzipped or not, read by torchvision's reader once its header has
+    been checked here: a corrupt file raises ``ConfigError`` naming it and what is wrong (torchvision's reader
+    would fail an ``assert`` or a reshape).
 
     Args:
         path: the file; gzip is recognised by its content, not its name.
     """
+    from torchvision.datasets.mnist import SN3_PASCALVINCENT_TYPEMAP, read_sn3_pascalvincent_tensor
+
     path = Path(path)
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+    gzipped = raw[:2] == b"\x1f\x8b"
+    if gzipped:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise ConfigError(f"{path} is a damaged gzip file ({e}); delete it and download it again") from None
+    dims = _check_idx(path, raw)
+    if 0 in dims:  # torch.frombuffer, under torchvision's reader, refuses an empty buffer
+        return torch.empty(dims, dtype=SN3_PASCALVINCENT_TYPEMAP[raw[2]])
+    if not gzipped:
+        return read_sn3_pascalvincent_tensor(str(path))
+    with tempfile.TemporaryDirectory() as tmp:  # torchvision's reader takes a file name (its MNIST unzips first)
+        plain = Path(tmp) / path.stem
+        plain.write_bytes(raw)
+        return read_sn3_pascalvincent_tensor(str(plain))
+
+
+def _check_idx(path: Path, raw: bytes) -> tuple[int, ...]:
+    """The dimensions in the header of ``raw``; a ConfigError naming ``path`` unless it is a whole IDX file of 1 to
+    3 dimensions."""
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES or raw[3] == 0:
         raise ConfigError(
             f"{path} is not an IDX file: it starts with {raw[:4].hex() or 'nothing'}, not 0000 then "
@@ -265,6 +285,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise ConfigError(f"{path} is truncated: it ends inside its header ({len(raw)} of {header} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    if ndim > 3:
+        raise ConfigError(f"{path} holds {dtype.name} {dims}: MNIST's IDX files hold 1 (labels) or 3 (images)")
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
         problem = "truncated" if len(raw) - header < expected else "longer than its header says"
@@ -272,7 +294,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{path} is {problem}: its header promises {dims} {dtype.name} values ({expected} bytes), "
             f"it holds {len(raw) - header} bytes of data; delete it and download it again"
         )
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    return dims
 
 
 def _find(folder: Path, base: str) -> Path | None:
@@ -290,7 +312,7 @@ def _idx_split(split: str, data_dir: Path, folder_name: str, classes: tuple[str,
             every = [f"{n}[.gz]" for pair in _MNIST_FILES.values() for n in pair]
             raise _missing(folder_name, folder, every, reason or "it did not write them")
     image_path, label_path = paths
-    images, labels = read_idx(image_path), read_idx(label_path)
+    images, labels = read_idx(image_path).numpy(), read_idx(label_path).numpy()
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ConfigError(f"{image_path} holds {images.dtype.name} {images.shape}, not uint8 images (N, H, W)")
     if labels.ndim != 1 or labels.dtype != np.uint8 or len(labels) != len(images):
