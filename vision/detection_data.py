@@ -1,7 +1,7 @@
 """Detection data: synthetic digits on noisy canvases with exact boxes, Pascal VOC 2007 and COCO 2017.
 
-The data half of issue 6 (object detection), after chapter 11 of the notes (11.2 classification +
-localisation, 11.3 object detection; ../shared/seeds/003_b8b80408422b1c9e.txt):
+The data of the detectors (vision/detect.py), after chapter 11 of the notes (11.2 classification +
+localisation, 11.3 object detection):
 
 ``digits-detect``: 64x64 canvases holding 1 to 5 of scikit-learn's 8x8 digits, each scaled to a
 random side of 12..32 px and pasted at a random place over a noisy background, for detectors.

@@ -3,8 +3,8 @@
 A two-stage detector: a region proposal network (RPN) slides a small head over the backbone's feature
 map and scores / refines a fixed set of anchor boxes per cell; the best proposals, after non-maximum
 suppression, are cropped from the same map by RoI Align (the RoI pooling of Fast R-CNN, Girshick 2015)
-and a second head classifies each crop into K classes + background and refines its box. Notes:
-../shared/seeds/004_c2f2527b8a061656.txt (R-CNN, Fast R-CNN, Faster R-CNN).
+and a second head classifies each crop into K classes + background and refines its box: the two-stage path
+of object detection in the notes, 11.3 (R-CNN, Girshick et al. 2014; Fast R-CNN; Faster R-CNN).
 
 ``torchvision.models.detection.FasterRCNN`` does the RPN, the RoI heads, the box coding and the
 post-processing; this file composes it with a registered backbone's ``forward_features`` and sizes it

@@ -26,7 +26,7 @@ from fovea.errors import ConfigError
 COLOR_BINS = 10
 """Bins of the colour histogram (CS231n's ``color_histogram_hsv`` default)."""
 HOG_ORIENTATIONS = 9
-"""Orientation bins of HOG (Dalal and Triggs; the notes)."""
+"""Orientation bins of HOG (Dalal and Triggs 2005: 9 unsigned bins over 0-180 degrees)."""
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 _EXTRACTORS: dict[str, Extractor] = {}
