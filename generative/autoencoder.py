@@ -213,16 +213,28 @@ class VAE(Autoencoder):
 def discretized_logistic_logp(images: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor,
                               max_value: int) -> torch.Tensor:  # fmt: skip
     """log P(pixel) under a logistic binned at the ``max_value + 1`` levels (PixelCNN++'s likelihood, one
-    component); ``loc`` on the [-0.5, 0.5] scale of centred pixels. Per pixel, same shape as ``images``."""
+    component); ``loc`` on the [-0.5, 0.5] scale of centred pixels. Per pixel, same shape as ``images``.
+
+    A middle bin's mass is ``sigmoid(a) - sigmoid(b)`` with ``a, b`` its edges in scales from ``loc``. Taken
+    as written, in float32 both sigmoids round to the same value some 12-16 scales from the mean: the mass
+    becomes 0, its log a floor, its gradient 0. It is computed instead from the exact identity
+    ``sigmoid(a) - sigmoid(b) = sinh((a - b) / 2) / (2 cosh(a / 2) cosh(b / 2))``, whose logarithm
+    ``(a - b) / 2 + log(1 - exp(-(a - b))) - (|a| + |b|) / 2 - softplus(-|a|) - softplus(-|b|)`` has no
+    difference of nearly equal numbers at any distance. The edge bins take the tails:
+    ``log sigmoid(a)`` for level 0, ``log(1 - sigmoid(b)) = -softplus(b)`` for ``max_value``.
+    """
     x = images.float() / max_value - 0.5
+    loc, log_scale = loc.float(), log_scale.float()
     inv = torch.exp(-log_scale.clamp(min=-7))
     half = 0.5 / max_value
-    cdf_hi = torch.sigmoid(inv * (x - loc + half))
-    cdf_lo = torch.sigmoid(inv * (x - loc - half))
-    log_hi = F.logsigmoid(inv * (x - loc + half))  # log CDF at the upper edge (the lowest bin: everything below)
-    log_lo = -F.softplus(inv * (x - loc - half))  # log(1 - CDF) at the lower edge (the highest bin)
-    mid = torch.log((cdf_hi - cdf_lo).clamp(min=1e-12))
-    return torch.where(images == 0, log_hi, torch.where(images == max_value, log_lo, mid))
+    a = inv * (x - loc + half)  # upper edge of the pixel's bin, in scales from the mean
+    b = inv * (x - loc - half)  # lower edge
+    width = inv * (2 * half)  # a - b, > 0
+    lowest = F.logsigmoid(a)  # level 0: everything below its upper edge
+    highest = -F.softplus(b)  # level max_value: everything above its lower edge
+    mid = (0.5 * width + torch.log(-torch.expm1(-width)) - 0.5 * (a.abs() + b.abs())
+           - F.softplus(-a.abs()) - F.softplus(-b.abs()))  # fmt: skip
+    return torch.where(images == 0, lowest, torch.where(images == max_value, highest, mid))
 
 
 def _build_parts(cfg: AEConfig, data: ImageData, out_channels: int) -> tuple[nn.Module, nn.Module]:
