@@ -25,23 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fovea.agents import common, optim, watch
-from fovea.agents.common import (
-    AgentConfig,
-    Carry,
-    FastPath,
-    build_trunk,
-    catch_cnn,
-    clip_grads,
-    crossed,
-    finish_training,
-    load_network,
-    make_env,
-    pixel_scale,
-    play,
-    return_figures,
-    to_device,
-)
+from fovea.agents import evaluation, optim, watch
+from fovea.agents.base import AgentConfig, build_trunk, catch_cnn, make_env, pixel_scale
+from fovea.agents.evaluation import finish_training, load_network, play, return_figures
+from fovea.agents.fastpath import FastPath, to_device
+from fovea.agents.loop import Carry, clip_grads, crossed
 from fovea.agents.policy import ActorCritic, PolicyActor, orthogonal_init, sample
 from fovea.agents.returns import gae
 from fovea.backbones.rnn import RecurrentCore
@@ -142,7 +130,7 @@ Learn = Callable[..., "dict | None"]  # update(cfg, net, optimizer, buf, last_va
 def train(cfg: A2CConfig, run: Run, learn: Learn | None = None) -> dict:
     """Train an actor-critic on rollouts of ``n_steps`` from ``num_envs`` envs, one ``learn`` call per rollout
     (``update``: A2C's single gradient step; PPO passes its epochs of minibatches). Returns the run's figures (the
-    final network's score on fresh games, see ``common.finish_training``)."""
+    final network's score on fresh games, see ``evaluation.finish_training``)."""
     learn = learn or update
     env = make_env(cfg, cfg.num_envs, cfg.seed)
     fast = FastPath.of(cfg, run.device)
@@ -190,7 +178,7 @@ def train(cfg: A2CConfig, run: Run, learn: Learn | None = None) -> dict:
             run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps,
                      "train/lr": sched.get_last_lr()[0]}, step=steps)  # fmt: skip
         if cfg.eval_episodes and crossed(steps, width, cfg.eval_every) and it < iterations:
-            common.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
+            evaluation.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
     return finish_training(cfg, run, net, best, run.step * width, evaluate)
 
@@ -284,9 +272,9 @@ def update(cfg: A2CConfig, net: ActorCritic, optimizer, buf: Rollout, last_value
 
 
 def evaluate_policy(cfg: A2CConfig, net: ActorCritic, device: torch.device, episodes: int | None = None, *,
-                    seed_offset: int = common.SCORE) -> dict:  # fmt: skip
+                    seed_offset: int = evaluation.SCORE) -> dict:  # fmt: skip
     """Mean and spread of full-episode (unclipped) returns of the policy (greedy when ``eval_greedy``), on the games
-    of ``cfg.seed + seed_offset`` (``common.SELECTION``: those that pick the best network; ``SCORE``: fresh ones)."""
+    of ``cfg.seed + seed_offset`` (``evaluation.SELECTION``: the games that pick the best network; ``SCORE``: fresh)."""
     seed = cfg.seed + seed_offset
     actor = PolicyActor(net, device, greedy=cfg.eval_greedy, generator=torch.Generator().manual_seed(seed))
     was_training = net.training
@@ -309,7 +297,7 @@ def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, network: 
     figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, net, run.device, episodes)}
     if video or saliency:
         actor = PolicyActor(net, run.device, greedy=cfg.eval_greedy,
-                            generator=torch.Generator().manual_seed(cfg.seed + common.VIDEO))  # fmt: skip
+                            generator=torch.Generator().manual_seed(cfg.seed + evaluation.VIDEO))  # fmt: skip
         before: list = [None]  # the recurrent state before the latest action
 
         def policy(obs: np.ndarray, starts: np.ndarray) -> np.ndarray:

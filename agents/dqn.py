@@ -28,24 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fovea.agents import common, watch
-from fovea.agents.common import (
-    AgentConfig,
-    Carry,
-    EnvStepper,
-    FastPath,
-    build_trunk,
-    catch_cnn,
-    clip_grads,
-    crossed,
-    finish_training,
-    full_precision,
-    load_network,
-    make_env,
-    pixel_scale,
-    play,
-    return_figures,
-)
+from fovea.agents import evaluation, watch
+from fovea.agents.base import AgentConfig, build_trunk, catch_cnn, make_env, pixel_scale
+from fovea.agents.evaluation import finish_training, load_network, play, return_figures
+from fovea.agents.fastpath import EnvStepper, FastPath, full_precision
+from fovea.agents.loop import Carry, clip_grads, crossed
 from fovea.agents.optim import make_optimizer
 from fovea.agents.replay import FrameReplay
 from fovea.config import BackboneSpec, param, register_recipe, register_task
@@ -271,7 +258,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
         if crossed(steps, cfg.num_envs, cfg.target_update_every):
             update_target(qnet, target, cfg.tau)
         if cfg.eval_episodes and crossed(steps, cfg.num_envs, cfg.eval_every) and it < iterations:
-            common.keep_best(run, qnet, best, steps, evaluate)  # (the last one follows the loop)
+            evaluation.keep_best(run, qnet, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
     return finish_training(cfg, run, qnet, best, run.step * cfg.num_envs, evaluate)
 
@@ -311,9 +298,9 @@ def update_target(qnet: QNetwork, target: QNetwork, tau: float) -> None:
 
 
 def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episodes: int | None = None, *,
-                    seed_offset: int = common.SCORE) -> dict:  # fmt: skip
+                    seed_offset: int = evaluation.SCORE) -> dict:  # fmt: skip
     """Mean and spread of full-episode (unclipped) returns, acting with ``eval_epsilon``, on the games of
-    ``cfg.seed + seed_offset`` (``common.SELECTION``: those that pick the best network; ``SCORE``: fresh ones)."""
+    ``cfg.seed + seed_offset`` (``evaluation.SELECTION``: those that pick the best network; ``SCORE``: fresh ones)."""
     seed = cfg.seed + seed_offset
     gen = torch.Generator().manual_seed(seed)
     was_training = qnet.training
@@ -336,7 +323,7 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, network: 
     trained = run.state.get("best_step") if network == "best" else run.step * cfg.num_envs
     figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, qnet, run.device, episodes)}
     if video or saliency:
-        gen = torch.Generator().manual_seed(cfg.seed + common.VIDEO)
+        gen = torch.Generator().manual_seed(cfg.seed + evaluation.VIDEO)
         policy = lambda obs, _: qnet.act(torch.as_tensor(obs, device=run.device), cfg.eval_epsilon, gen).numpy()  # noqa: E731
         score = (lambda x, _, action: qnet(x[None])[0, action]) if saliency else None  # noqa: E731
         figures.update(watch.record(cfg, run, policy, score=score, step=trained or 0))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fovea.agents.common import full_precision
+from fovea.agents.fastpath import full_precision
 from fovea.backbones.rnn import RecurrentCore, State
 
 

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from fovea.agents import a2c
 from fovea.agents.a2c import A2CConfig, Rollout, transitions
-from fovea.agents.common import FastPath, catch_cnn, clip_grads
+from fovea.agents.base import catch_cnn
+from fovea.agents.fastpath import FastPath
+from fovea.agents.loop import clip_grads
 from fovea.agents.policy import ActorCritic
 from fovea.config import BackboneSpec, param, register_recipe, register_task
 from fovea.errors import ConfigError
@@ -175,7 +177,7 @@ def _mean(figures: list[dict], clip: float, stopped: bool) -> dict | None:
 
 def train(cfg: PPOConfig, run: Run) -> dict:
     """Train PPO: A2C's rollouts and run loop with PPO's ``update``. Returns the run's figures (the final network's
-    score on fresh games, see ``common.finish_training``)."""
+    score on fresh games, see ``evaluation.finish_training``)."""
     return a2c.train(cfg, run, learn=update)
 
 

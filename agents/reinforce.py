@@ -26,8 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fovea.agents import a2c, common
-from fovea.agents.common import AgentConfig, FastPath, catch_cnn, crossed, finish_training, make_env
+from fovea.agents import a2c, evaluation, loop
+from fovea.agents.base import AgentConfig, catch_cnn, make_env
+from fovea.agents.evaluation import finish_training
+from fovea.agents.fastpath import FastPath
+from fovea.agents.loop import crossed
 from fovea.agents.policy import ActorCritic, sample
 from fovea.agents.returns import returns_to_go
 from fovea.config import param, register_recipe, register_task
@@ -181,7 +184,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
                 sps = (steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
                 run.log({**{f"train/{k}": float(v) for k, v in out.items()}, "perf/sps": sps}, step=steps)
         if cfg.eval_episodes and crossed(steps, n, cfg.eval_every) and it < iterations:
-            common.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
+            evaluation.keep_best(run, net, best, steps, evaluate)  # (the last one follows the loop)
     env.close()
     figures = finish_training(cfg, run, net, best, run.step * n, evaluate)
     return {**figures, "updates": run.state["updates"]}
@@ -235,7 +238,7 @@ def update(cfg: ReinforceConfig, net: ActorCritic, optimizer, batch, state: dict
     if skip is not None and skip(loss, net.parameters()):  # Run.skip_step: a NaN loss or gradient, left out
         optimizer.zero_grad(set_to_none=True)
         return None
-    grad_norm = common.clip_grads(net, cfg.max_grad_norm)
+    grad_norm = loop.clip_grads(net, cfg.max_grad_norm)
     optimizer.step()
     # the running mean moves after it was used, so each batch's baseline does not depend on its own returns;
     # the first batch's mean starts it (rather than a zero it would take ~20 batches to forget)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fovea.agents.common import VIDEO, AgentConfig, Policy
+from fovea.agents.base import AgentConfig
+from fovea.agents.evaluation import VIDEO, Policy
 from fovea.envs import vector
 from fovea.errors import UsageError
 from fovea.media import overlay_heatmap, upscale, write_mp4

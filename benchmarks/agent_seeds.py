@@ -2,7 +2,7 @@
 
 Each seed trains the recipe from scratch (``fovea train RECIPE --seed S``) and its figure is the summary's
 ``eval/mean_return``: the final network on fresh games, seeded apart from every training game and from the
-evaluations that picked the best network (``agents/common.py``). The IQM is the mean of the middle half of the
+evaluations that picked the best network (``agents/evaluation.py``). The IQM is the mean of the middle half of the
 scores (rliable's ``iqm``, ``scipy.stats.trim_mean(x, 0.25)``): robust to one lucky or unlucky seed, unlike the mean,
 and less noisy than the median (Agarwal et al., NeurIPS 2021). Seeds 1..5 by default: seed 0 is the one the learning
 tests use, so the reported seeds were not tuned on.

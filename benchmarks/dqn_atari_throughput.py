@@ -28,8 +28,8 @@ import warnings
 
 import torch
 
-from fovea.agents.common import FastPath
 from fovea.agents.dqn import DQNConfig, train
+from fovea.agents.fastpath import FastPath
 from fovea.agents.replay import FrameReplay
 from fovea.cli import print_figures
 from fovea.config import get_recipe

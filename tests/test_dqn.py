@@ -11,8 +11,9 @@ import torch
 
 from fovea import backbones
 from fovea.agents import dqn
-from fovea.agents.common import EnvStepper, FastPath, catch_cnn, make_env
+from fovea.agents.base import catch_cnn, make_env
 from fovea.agents.dqn import DQNConfig, QNetwork, td_loss, td_target
+from fovea.agents.fastpath import EnvStepper, FastPath
 from fovea.agents.replay import FrameReplay
 from fovea.cli import main
 from fovea.envs import vector

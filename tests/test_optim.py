@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fovea.agents import a2c, dqn
-from fovea.agents.common import make_env
+from fovea.agents.base import make_env
 from fovea.agents.optim import RMSpropEpsInside, make_optimizer
 from fovea.config import recipes
 

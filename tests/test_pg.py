@@ -11,7 +11,7 @@ import torch
 
 from fovea.agents import a2c
 from fovea.agents.a2c import A2CConfig, Rollout, collect
-from fovea.agents.common import catch_cnn, make_env
+from fovea.agents.base import catch_cnn, make_env
 from fovea.agents.policy import sample
 from fovea.agents.reinforce import Episodes, ReinforceConfig, advantages, batch_tensors, policy_loss
 from fovea.agents.returns import gae, nstep_returns, returns_to_go
@@ -255,7 +255,7 @@ def test_backbone_from_another_run_loads_and_freezes_the_trunk(in_tmp, capsys):
 
 def test_evaluation_plays_a_fixed_quota_per_env():
     """Keeping the first episodes to end would favour short (on CartPole: bad) ones; each env plays its share."""
-    from fovea.agents.common import play
+    from fovea.agents.evaluation import play
 
     def policy(obs, starts):  # env 0 always pushes left (falls in ~10 steps); the others balance the pole
         balance = (obs[:, 2] + obs[:, 3] > 0).astype(np.int64)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fovea.agents import a2c, ppo
-from fovea.agents.common import make_env
+from fovea.agents.base import make_env
 from fovea.agents.ppo import PPOConfig, ppo_loss
 from fovea.cli import main
 

@@ -1,0 +1,118 @@
+"""Playing whole episodes to score an agent, keeping its best network, and the seeds that keep scores honest.
+
+A policy, for ``play``, is any callable ``policy(obs, starts) -> actions`` over a batch of envs: ``obs`` as the
+vector env returns it and ``starts`` the (num_envs,) mask of envs whose episode begins with this observation (a
+recurrent policy resets its state there; others ignore it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+from torch import nn
+
+from fovea.agents.base import AgentConfig, make_env
+from fovea.errors import ConfigError
+
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+# The games an agent plays are kept apart by seed. Training plays cfg.seed + run.step (a new stream at each start or
+# resume); the periodic evaluations that pick the best network replay the same games, cfg.seed + SELECTION; scores
+# (the summary's eval/* figures and `fovea eval`) come from games at cfg.seed + SCORE that nothing else plays, so a
+# score is a fresh estimate, never the maximum of the evaluations that chose the network; the video plays
+# cfg.seed + VIDEO. Each offset seeds the envs and the policy's action draws alike.
+SELECTION, VIDEO, SCORE = 10_000, 20_000, 1 << 30
+
+
+NETWORKS = ("final", "best")
+
+
+def load_network(cfg: AgentConfig, run, build: Callable[[AgentConfig, object], nn.Module], network: str,
+                 key: str) -> nn.Module:  # fmt: skip
+    """From the run's latest checkpoint, in eval mode: the ``final`` network (the one training ended with, or the
+    latest of a run still under way, held under ``key``) or the ``best`` one (of the periodic evaluations).
+
+    It is built without ``backbone_from``: the checkpoint holds every weight, and the source run may be gone.
+    """
+    if network not in NETWORKS:
+        raise ConfigError(f"--network {network!r}: choose final (the last weights) or best (of the evaluations)")
+    env = make_env(cfg, 1, cfg.seed)
+    net = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
+    env.close()
+    run.track(**{"best" if network == "best" else key: net})
+    if not run.restore():
+        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
+    return net.eval()
+
+
+def play(cfg: AgentConfig, policy: Policy, episodes: int, *, seed: int, num_envs: int = 8) -> np.ndarray:
+    """Full-game, unclipped returns of ``episodes`` episodes played by ``policy`` (no life loss)."""
+    env = make_env(cfg, min(episodes, num_envs), seed, evaluation=True)
+    n = env.num_envs
+    # A fixed quota per env: keeping the first episodes to finish would favour short ones (as SB3's evaluate_policy).
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    played = np.zeros(n, np.int64)
+    returns: list[float] = []
+    try:
+        obs = env.reset()
+        starts = np.ones(n, bool)
+        while (played < quota).any():
+            obs, _, _, _, info = env.step(policy(obs, starts))
+            starts = info["reset"]  # NEXT_STEP autoreset: this obs begins a new episode
+            for i, r in zip(np.flatnonzero(info["game_over"]), info["episodes"].returns, strict=True):
+                if played[i] < quota[i]:
+                    returns.append(float(r))
+                played[i] += 1
+    finally:
+        env.close()
+    return np.asarray(returns, dtype=np.float64)
+
+
+def return_figures(returns: np.ndarray) -> dict:
+    return {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
+            "eval/min_return": float(returns.min()), "eval/max_return": float(returns.max()),
+            "eval/episodes": len(returns)}  # fmt: skip
+
+
+Evaluate = Callable[..., dict]  # evaluate(net, seed_offset) -> return_figures of full games
+
+
+def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Evaluate) -> dict:
+    """Evaluate ``net`` on the selection games, log it, and copy it into ``best`` when it beats every earlier
+    evaluation."""
+    res = evaluate(net, SELECTION)
+    run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
+    if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
+        run.state.update(best_return=res["eval/mean_return"], best_step=steps)
+        best.load_state_dict(net.state_dict())
+    return res
+
+
+def finish_training(cfg: AgentConfig, run, net: nn.Module, best: nn.Module, agent_steps: int,
+                    evaluate: Evaluate) -> dict:  # fmt: skip
+    """The last selection evaluation (or, without evaluations, the final network taken as the best), then the
+    scores on fresh games, saved with the run; returns the figures of the run.
+
+    ``eval/mean_return`` (and std, min, max) is the final network's score on the fresh games, as ``fovea eval``
+    reports it (the same games, so the same figure); ``eval/final_mean_return`` says so explicitly;
+    ``eval/best_mean_return`` is the best network's score on the same fresh games, and ``eval/best_selection_return``
+    what it scored on the selection games that picked it (biased upwards: it won that comparison)."""
+    figures: dict = {"agent_steps": agent_steps}
+    if cfg.eval_episodes:
+        keep_best(run, net, best, agent_steps, evaluate)
+        final = evaluate(net, SCORE)
+        same = run.state["best_step"] == agent_steps
+        best_score = final if same else evaluate(best, SCORE)
+        figures.update(final)
+        figures.update({"eval/final_mean_return": final["eval/mean_return"],
+                        "eval/best_mean_return": best_score["eval/mean_return"],
+                        "eval/best_selection_return": run.state["best_return"],
+                        "eval/best_step": run.state["best_step"]})  # fmt: skip
+        run.log({k: figures[k] for k in ("eval/final_mean_return", "eval/best_mean_return")}, step=agent_steps)
+    else:
+        best.load_state_dict(net.state_dict())
+        run.state["best_step"] = agent_steps
+    run.save()
+    return figures
