@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.utils import make_grid
 
 from fovea import distributed
 from fovea.config import Config, param, register_task
@@ -240,20 +241,22 @@ def validate(model: GenerativeModel, data: vdata.ImageData, batch_size: int = 50
 
 def grid_image(images: torch.Tensor, max_value: int, nrow: int | None = None, pad: int = 1,
                min_tile: int = 32) -> torch.Tensor:  # fmt: skip
-    """Images (N, C, H, W) in 0..max_value as one (H', W', C) uint8 grid, tiles upscaled to at least
-    ``min_tile`` pixels (an 8x8 digit becomes visible) with ``pad`` grey pixels between them."""
+    """Images (N, C, H, W) in 0..max_value as one (H', W', C) uint8 grid of ``nrow`` tiles a row
+    (torchvision's ``make_grid``), tiles upscaled to at least ``min_tile`` pixels (an 8x8 digit becomes
+    visible) with ``pad`` grey pixels between and around them."""
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
     factor = max(1, math.ceil(min_tile / min(h, w)))
     x = (images.float().cpu() * (255.0 / max_value)).round().to(torch.uint8)
-    x = x.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
-    th, tw = h * factor, w * factor
-    out = torch.full((c, rows * (th + pad) + pad, nrow * (tw + pad) + pad), 128, dtype=torch.uint8)
-    for i in range(n):
-        top, left = pad + (i // nrow) * (th + pad), pad + (i % nrow) * (tw + pad)
-        out[:, top : top + th, left : left + tw] = x[i]
-    return out.permute(1, 2, 0)
+    x = x.repeat_interleave(factor, 2).repeat_interleave(factor, 3)  # (N, C, h * factor, w * factor)
+    # make_grid narrows a row of fewer than nrow images and returns a lone image without its border: blank
+    # grey tiles fill the first row (and a second when there is one image), cut off again below
+    short = max(nrow, 2) - n
+    if short > 0:
+        x = torch.cat([x, x.new_full((short, *x.shape[1:]), 128)])
+    out = make_grid(x, nrow=nrow, padding=pad, pad_value=128)[:c]  # one channel comes back as three copies
+    return out[:, : rows * (h * factor + pad) + pad].permute(1, 2, 0)
 
 
 def grid_labels(model: GenerativeModel, n: int) -> torch.Tensor | None:

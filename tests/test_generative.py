@@ -172,6 +172,15 @@ def test_grid_image_places_tiles_in_rows():
     assert g[1, 1, 0] == 0 and g[1, 4, 0] == 51 and g[4, 1, 0] == 153 and g[0, 0, 0] == 128
 
 
+def test_grid_image_keeps_a_lone_image_s_border_and_a_short_row_s_width():
+    """Where torchvision's make_grid differs: one image keeps its grey border, a row of fewer than ``nrow``
+    images keeps the full width, and grey images stay grey (three channels only for colour)."""
+    one = grid_image(torch.full((1, 1, 2, 2), 5, dtype=torch.uint8), max_value=5, pad=1, min_tile=2)
+    assert one.shape == (4, 4, 1) and one[0, 0, 0] == 128 and one[1, 1, 0] == 255
+    short = grid_image(torch.zeros((2, 3, 2, 2), dtype=torch.uint8), max_value=5, nrow=4, pad=1, min_tile=2)
+    assert short.shape == (4, 13, 3) and short[1, 4].tolist() == [0, 0, 0] and short[1, 7].tolist() == [128] * 3
+
+
 def test_train_sample_eval_and_resume_from_the_command_line(in_tmp, capsys):
     assert main(["train", "cnn-digits", "--name", "cls", "--epochs", "3", "--wandb", "disabled", *TINY_CNN]) == 0
     capsys.readouterr()
