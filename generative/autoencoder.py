@@ -120,6 +120,8 @@ class Autoencoder(GenerativeModel):
         self.train(was)
 
     def sample(self, n: int, *, generator=None, temperature: float = 1.0, labels=None) -> torch.Tensor:
+        """``n`` decoded codes drawn from the Gaussian fitted by ``after_training`` (its spread scaled by
+        ``temperature``): uint8 images (n, C, H, W)."""
         eps = noise((n, self.latent_dim), generator, self.device) * temperature
         return self.decode(self.code_mean + eps @ self.code_chol.T)
 
@@ -127,14 +129,14 @@ class Autoencoder(GenerativeModel):
 class VAE(Autoencoder):
     """Gaussian q(z|x) = N(mu, diag(sigma^2)), prior N(0, I), decoder likelihood ``likelihood``."""
 
-    likelihood_kind: str
+    likelihood: str  # the decoder's pixel distribution p(x|z): "categorical", "logistic" or "bernoulli"
+    nll_kind = "estimate"  # nll() is the IWAE bound
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent_dim: int, shape: tuple[int, int, int],
                  max_value: int, likelihood: str, beta: float = 1.0, iwae_samples: int = 200,
                  sample_pixels: bool = False):  # fmt: skip
         super().__init__(encoder, decoder, latent_dim, 2 * latent_dim, shape, max_value)
-        self.likelihood = "estimate"
-        self.likelihood_kind, self.beta, self.iwae_samples = likelihood, beta, iwae_samples
+        self.likelihood, self.beta, self.iwae_samples = likelihood, beta, iwae_samples
         self.sample_pixels = sample_pixels
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,9 +151,9 @@ class VAE(Autoencoder):
 
     def log_px(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """log p(x | z) per image (B,), in nats."""
-        if self.likelihood_kind == "categorical":
+        if self.likelihood == "categorical":
             logp = -F.cross_entropy(params.transpose(1, 2), images.long(), reduction="none")  # (B, C, H, W)
-        elif self.likelihood_kind == "bernoulli":
+        elif self.likelihood == "bernoulli":
             target = (images.float() > self.max_value / 2).float()
             logp = -F.binary_cross_entropy_with_logits(params[:, :, 0], target, reduction="none")
         else:
@@ -188,12 +190,12 @@ class VAE(Autoencoder):
     def decode(self, z: torch.Tensor, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """The decoder's mean image (or, with ``sample_pixels``, a draw from p(x|z))."""
         params = self._params(z)
-        if self.likelihood_kind == "categorical":
+        if self.likelihood == "categorical":
             if self.sample_pixels:
                 return categorical(params.transpose(2, -1), generator).transpose(2, -1).squeeze(2).to(torch.uint8)
             levels = torch.arange(params.shape[2], device=z.device, dtype=torch.float32).view(1, 1, -1, 1, 1)
             mean = (params.softmax(2) * levels).sum(2) / self.max_value
-        elif self.likelihood_kind == "bernoulli":
+        elif self.likelihood == "bernoulli":
             p = torch.sigmoid(params[:, :, 0])
             if self.sample_pixels:
                 p = (torch.rand(p.shape, generator=generator).to(z.device) < p).float()
@@ -203,6 +205,7 @@ class VAE(Autoencoder):
         return self.from_unit(mean)
 
     def sample(self, n: int, *, generator=None, temperature: float = 1.0, labels=None) -> torch.Tensor:
+        """``n`` draws z ~ N(0, temperature^2 I) decoded (see ``decode``): uint8 images (n, C, H, W)."""
         z = noise((n, self.latent_dim), generator, self.device) * temperature
         return self.decode(z, generator=generator)
 

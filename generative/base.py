@@ -1,14 +1,15 @@
 """What every generative model shares: the model interface, the config fields, one training loop,
 evaluation (likelihoods and sample quality) and sampling to an image grid.
 
-The interface (DESIGN.md, "model interface"), on uint8 images (B, C, H, W) in 0..max_value:
+The interface, on uint8 images (B, C, H, W) in 0..max_value:
 
 - ``loss(batch, player) -> dict``: ``"loss"`` is backpropagated into ``player``'s parameters, the
   rest is logged. Most models have one player, ``"model"``; a GAN has two, ``"d"`` and ``"g"``,
   stepped in the order ``players_at(iteration)`` gives.
 - ``sample(n, generator=, temperature=, labels=) -> uint8 images``.
-- ``nll(images, labels) -> (B,)`` negative log-likelihood in nats per image, for models with a
-  likelihood (``likelihood = "exact"`` or ``"estimate"``; ``None`` for an autoencoder or a GAN).
+- ``nll(images, labels) -> (B,)`` negative log-likelihood in nats per image, for the models whose
+  ``nll_kind`` says how it is computed: ``"exact"`` (PixelCNN, PixelRNN) or ``"estimate"`` (the VAE's
+  IWAE bound); ``None`` for an autoencoder or a GAN, which have no ``nll``.
 - ``decode(z, labels)`` and ``latent_dim`` for models with a latent space (interpolation).
 
 A family registers itself with ``register_model(ConfigCls, build)``; ``build(cfg, data) -> model``.
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -36,6 +38,7 @@ from fovea.run import Run
 from fovea.vision import data as vdata
 
 LN2 = math.log(2.0)
+NLLKind = Literal["exact", "estimate"]  # the NLL itself (PixelCNN, PixelRNN) or an upper bound on it (VAE: IWAE)
 
 
 class GenerativeModel(nn.Module):
@@ -47,7 +50,7 @@ class GenerativeModel(nn.Module):
         num_classes: > 0 for a class-conditional model (``labels`` then matter).
     """
 
-    likelihood: str | None = None  # "exact" (PixelCNN, PixelRNN), "estimate" (VAE: IWAE) or None
+    nll_kind: NLLKind | None = None  # how nll() is computed; None: the model has no nll
     latent_dim: int | None = None  # models with decode(z)
 
     def __init__(self, shape: tuple[int, int, int], max_value: int, num_classes: int = 0):
@@ -72,9 +75,13 @@ class GenerativeModel(nn.Module):
     # --- generation and scoring
     def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0,
                labels: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """``n`` uint8 images (n, C, H, W) in 0..max_value drawn from the model, the noise from ``generator``
+        (a seed gives the same images on every device); ``temperature`` below 1 draws closer to the mode,
+        ``labels`` (n,) choose the classes of a class-conditional model."""
         raise NotImplementedError
 
     def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """-log p(images) per image (B,), in nats: exact or an upper bound, as ``nll_kind`` says."""
         raise NotImplementedError(f"{type(self).__name__} has no likelihood")
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -268,7 +275,14 @@ def grid_labels(model: GenerativeModel, n: int) -> torch.Tensor | None:
 
 
 def train(cfg: GenConfig, run: Run) -> dict:
-    """Train on the train split; every ``eval_every`` epochs validate, keep the best, log a sample grid."""
+    """``fovea train``: fit the config's model to the train split, resuming from the run's checkpoint if it
+    has one. Every ``eval_every`` epochs it validates, keeps the weights with the lowest validation loss
+    (one-player models; a GAN keeps its final weights) and logs a sample grid.
+
+    Returns the run's figures: ``epochs``, ``best_epoch``, the kept model's validation ``loss`` outputs
+    (``val/loss``, ``val/elbo``, ...) and, for a model with an ``nll``, ``val/nll_nats``,
+    ``val/bits_per_dim`` and ``val/nll_kind``.
+    """
     distributed.check_batch(cfg.batch_size)
     tr = load_split(cfg, "train", run).to(run.device)
     va = load_split(cfg, "val", run).to(run.device)
@@ -300,7 +314,7 @@ def train(cfg: GenConfig, run: Run) -> dict:
     run.save()
     figures = {"epochs": run.step, "best_epoch": run.state.get("best_epoch") or run.step}
     figures.update({f"val/{k}": v for k, v in validate(best, va).items()})
-    if best.likelihood:
+    if best.nll_kind:
         figures.update(likelihood_figures(best, va, "val"))
     if run.main:
         log_grid(run, best, "samples/final", seed=cfg.seed)
@@ -317,6 +331,7 @@ def keep_best(run: Run, model: GenerativeModel, best: GenerativeModel, val: dict
 
 
 def log_grid(run: Run, model: GenerativeModel, key: str, *, seed: int, n: int = 64) -> Path | None:
+    """Log a grid of ``n`` samples drawn with ``seed`` under ``key``; returns the PNG's path, if one is written."""
     model.eval()
     with torch.no_grad():
         images = model.sample(n, generator=torch.Generator().manual_seed(seed), labels=grid_labels(model, n))
@@ -334,10 +349,11 @@ def nll_figures(model: GenerativeModel, data: vdata.ImageData, batch_size: int =
 
 
 def likelihood_figures(model: GenerativeModel, data: vdata.ImageData, split: str) -> dict[str, float]:
+    """A split's mean NLL in nats per image and in bits per dimension, and how it was computed (``nll_kind``)."""
     nats = nll_figures(model, data)
     dims = math.prod(model.shape)
     return {f"{split}/nll_nats": nats.mean().item(), f"{split}/bits_per_dim": nats.mean().item() / (dims * LN2),
-            f"{split}/nll_kind": model.likelihood}  # fmt: skip
+            f"{split}/nll_kind": model.nll_kind}  # fmt: skip
 
 
 def load_trained(cfg: GenConfig, run: Run) -> tuple[GenerativeModel, vdata.ImageData]:
@@ -362,14 +378,20 @@ def sample_many(model: GenerativeModel, n: int, generator: torch.Generator, chun
 
 
 def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples: int = 1000) -> dict:
-    """Test NLL for likelihood models; for every model, sample quality in a digits classifier's feature
-    space (Frechet distance to the test set, real-vs-real for scale, class spread of the samples)."""
+    """``fovea eval``: score a trained run's kept model on the test split.
+
+    Returns ``best_epoch``; for a model with an ``nll``, ``test/nll_nats``, ``test/bits_per_dim`` and
+    ``test/nll_kind``; and, when a classifier's feature space is at hand (``classifier``, or a
+    ``cnn-digits`` run found or trained beside the run for the digits), the quality of ``samples`` samples
+    in it: ``fid/test`` (Frechet distance to the test set), ``fid/real_vs_real`` (validation to test, for
+    scale), ``samples/scored`` and the class spread ``classes/*``.
+    """
     from fovea.generative import metrics
 
     torch.manual_seed(cfg.seed)  # the IWAE estimate's draws: the same figures on every evaluation
     model, test = load_trained(cfg, run)
     figures: dict = {"best_epoch": run.state.get("best_epoch") or run.step}
-    if model.likelihood:
+    if model.nll_kind:
         figures.update(likelihood_figures(model, test, "test"))
     features = metrics.FeatureSpace.for_run(cfg, run, classifier)
     if features is not None:
@@ -384,7 +406,14 @@ def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples
 
 def sample_command(cfg: GenConfig, run: Run, *, n: int = 64, output: str | None = None, seed: int = 0,
                    temperature: float = 1.0, interpolate: bool = False, label: int | None = None) -> dict:  # fmt: skip
-    """``fovea sample``: a PNG grid of ``n`` samples (or a latent interpolation), logged to W&B."""
+    """``fovea sample``: draw ``n`` samples from a trained run's kept model (``seed`` fixes them, ``label``
+    picks a class of a conditional model) or, with ``interpolate``, decode ``max(1, n // 8)`` rows of 8 points on
+    lines between random latent codes; write them as one PNG grid (``output``, default
+    ``runs/NAME/samples/sample_seed{seed}.png``) and log the grid to W&B.
+
+    Returns ``output`` (the PNG's path), ``images`` (how many were drawn), ``seed``, ``temperature``,
+    ``interpolate`` and ``label``.
+    """
     model, _ = load_trained(cfg, run)
     gen = torch.Generator().manual_seed(seed)
     if label is not None and not 0 <= label < model.num_classes:

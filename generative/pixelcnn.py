@@ -290,7 +290,7 @@ class PixelCNN(GenerativeModel):
         num_classes: > 0 when the body takes class labels.
     """
 
-    likelihood = "exact"
+    nll_kind = "exact"
 
     def __init__(self, shape: tuple[int, int, int], max_value: int, body: nn.Module, hidden: int,
                  num_classes: int = 0):  # fmt: skip

@@ -7,7 +7,7 @@ token at ``i = 0``) plus a learned embedding of position ``i``, and outputs a ca
 turn (R, G, B). The likelihood is exact: the NLL is the summed cross-entropy. Sampling is one
 recurrent step per pixel with the state carried along, so it costs one small step, not a full
 network pass, per pixel (the row LSTM and diagonal BiLSTM of van den Oord et al. 2016 trade that
-for parallel training; this is the plain, sequential form the notes describe).
+for parallel training; this is the plain, sequential form).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class PixelRNN(GenerativeModel):
         dropout: dropout on the core's outputs.
     """
 
-    likelihood = "exact"
+    nll_kind = "exact"
 
     def __init__(self, core: nn.Module, shape: tuple[int, int, int], max_value: int, embed_dim: int,
                  dropout: float = 0.0):  # fmt: skip
@@ -88,6 +88,8 @@ class PixelRNN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator=None, temperature: float = 1.0, labels=None) -> torch.Tensor:
+        """``n`` images drawn pixel by pixel, each level from the softmax at ``temperature`` (0: the most likely
+        level): uint8 (n, C, H, W)."""
         state = self.core.initial_state(n, self.device)
         prev = torch.full((n,), self.levels, device=self.device, dtype=torch.long)
         out = torch.empty((n, self.length), dtype=torch.long, device=self.device)

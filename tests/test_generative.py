@@ -37,14 +37,14 @@ def _tiny_data(shape=(1, 8, 8), max_value=16, n=16) -> ImageData:
     return ImageData(images, torch.arange(n) % 10, max_value, tuple(str(i) for i in range(10)))
 
 
-def test_the_issue_s_recipes_exist():
+def test_the_generative_recipes_exist():
     assert {"ae-digits", "vae-digits", "pixelrnn-digits", "vae-atari"} <= set(GEN_RECIPES)
 
 
 @pytest.mark.parametrize("recipe", GEN_RECIPES)
 def test_every_generative_model_meets_the_contract(recipe):
     """Finite losses, a gradient for every parameter of each player, uint8 samples in range that a seed
-    fixes, and a state_dict round trip that keeps them (the registry walk of DESIGN.md)."""
+    fixes, and a state_dict round trip that keeps them: every registered recipe, as timm tests every model."""
     torch.manual_seed(0)
     cfg = recipes()[recipe].config
     data = vdata.load("digits", "train") if cfg.dataset == "digits" else _tiny_data((1, 84, 84), 255, 4)
@@ -263,7 +263,7 @@ def test_autoencoder_samples_come_from_the_fitted_code_distribution():
 
 @pytest.mark.slow
 def test_vae_and_gan_meet_their_bands(in_tmp, capsys):
-    """The issue's bands: the VAE's IWAE estimate (k = 200) of the test NLL is at most 95 nats per image; the
+    """The recipes' bands: the VAE's IWAE estimate (k = 200) of the test NLL is at most 95 nats per image; the
     GAN's samples are closer to the test set than the VAE's (Frechet distance in the digits classifier's
     features) and no class gets under 5% of 1,000 samples."""
     assert main(["train", "cnn-digits", "--name", "cls", "--wandb", "disabled"]) == 0

@@ -155,7 +155,7 @@ def test_pixelcnn_digits_trains_and_samples_from_the_command_line(in_tmp, capsys
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0])
 def test_pixelcnn_digits_meets_its_likelihood_band(seed, in_tmp, capsys):
-    """The issue's band: the recipe as shipped reaches a test NLL of at most 85 nats per image (a 4-layer
+    """Its band: pixelcnn-digits as shipped reaches a test NLL of at most 85 nats per image (a 4-layer
     causal 1-D convolution over the raster order gets 85.8, independent pixels 106.5)."""
     from fovea.config import get_recipe
     from fovea.generative.base import load_trained
