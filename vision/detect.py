@@ -14,7 +14,7 @@ The models, each in its own file:
 Every detector honours one contract: ``loss(images, boxes, labels)`` returns ``{"loss": total, part: value}``
 for uint8 images (B, C, H, W), per-image xyxy pixel boxes (n_i, 4) and labels (n_i,) in 0..K-1;
 ``predict(images, score_threshold)`` returns per image a dict of ``boxes`` (m, 4), ``scores`` (m,) and
-``labels`` (m,), best first, at most ``MAX_DETECTIONS``.
+``labels`` (m,), best first, at most ``boxes.MAX_DETECTIONS`` (100, as in COCO's evaluation).
 
 Around them: the training batches in ``vision.detection_batches``, mAP and pictures in
 ``vision.detection_metrics``, the files of ``fovea detect`` in ``vision.detect_io``.
