@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--runs-dir", default=str(Path.home() / "fovea-runs" / "seeds"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "agent_seeds"))
     p.add_argument("--extra", default="", help="overrides passed to every run, e.g. '--total-steps 20000'")
+    p.add_argument("--commit", help="the Fovea commit the runs train with (default: this checkout's HEAD)")
     args = p.parse_args(argv)
     runs_dir, out = Path(args.runs_dir).expanduser(), Path(args.out)
     runs_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                           text=True).stdout  # fmt: skip
     results = {}
     for recipe in args.recipes:
         start, rows = time.perf_counter(), []
