@@ -1,6 +1,6 @@
-"""The agents' fast path (DESIGN.md, "Speed"): bf16 autocast for the forward passes, channels_last convolutions and
-the CUDA-only choices, an optional compiled forward, and ``EnvStepper``, which lets a learner run while ale-py's C++
-envs step.
+"""The agents' fast path (hot loops on the device, no host syncs): bf16 autocast for the forward passes,
+channels_last convolutions and the CUDA-only choices, an optional compiled forward, and ``EnvStepper``, which lets a
+learner run while ale-py's C++ envs step.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ COMPILE_MODE = {"cuda": "max-autotune-no-cudagraphs"}  # other devices: torch.co
 
 @dataclass(frozen=True)
 class FastPath:
-    """How a run uses its device (DESIGN.md, "Speed"): ``autocast()`` around forward passes (bf16 or nothing),
+    """How a run uses its device: ``autocast()`` around forward passes (bf16 or nothing),
     ``prepare(net)`` for channels_last convolutions on CUDA and a compiled forward, and ``sync_free``: on CUDA
     the update reads nothing back to the host (the replay samples on the device and masks what it cannot redraw).
 
