@@ -415,8 +415,8 @@ DETECT_RECIPES = sorted(n for n, r in recipes().items() if isinstance(r.config, 
 @pytest.mark.parametrize("recipe", DETECT_RECIPES)
 def test_every_detector_recipe_builds_trains_and_round_trips_in_a_tiny_variant(recipe):
     """The registry contract (a model is tested the day it is registered): a tiny variant of each recipe's model on
-    images shaped like its data (real data sets stand in as random 3-channel images): finite losses, a gradient for every parameter, a state_dict
-    round trip that predicts the same, and predictions to the contract."""
+    images shaped like its data (real data sets stand in as random 3-channel images): finite losses, a gradient for
+    every parameter, a state_dict round trip that predicts the same, and predictions to the contract."""
     cfg = recipes()[recipe].config
     options = dict(backbones.entry(cfg.backbone.name).tiny)
     stages = len(cfg.backbone.options.get("widths", options.get("widths", ())))
