@@ -198,7 +198,8 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
         final = folder / old.name[len(".old-") :].rsplit("-", 1)[0]
         if not final.exists() and (old / STATE).is_file():
             os.rename(old, final)
-    found = [p for p in folder.iterdir() if p.is_dir() and step_of(p) is not None and (p / STATE).is_file()]
+    found = [p for p in folder.iterdir() if p.is_dir() and step_of(p) is not None and (p / STATE).is_file()
+             and (p / TENSORS).is_file()]  # fmt: skip
     return sorted(found, key=lambda p: step_of(p))  # type: ignore[arg-type, return-value]
 
 
@@ -206,8 +207,10 @@ def prune(folder: str | Path, keep_last: int, keep: tuple[Path, ...] = ()) -> No
     """Delete all but the newest ``keep_last`` checkpoints (and those in ``keep``), and stale temporaries."""
     folder = Path(folder)
     for p in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
-        if p not in keep:
-            shutil.rmtree(p, ignore_errors=True)
-    for p in [*folder.glob(".tmp-*"), *folder.glob(".old-*")] if folder.is_dir() else []:
+        if p not in keep:  # renamed first, so a kill during the deletion leaves no half checkpoint under its name
+            gone = p.with_name(f".del-{p.name}-{os.getpid()}")
+            os.rename(p, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+    for p in [*folder.glob(".tmp-*"), *folder.glob(".old-*"), *folder.glob(".del-*")] if folder.is_dir() else []:
         if not p.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(p, ignore_errors=True)

@@ -162,6 +162,32 @@ def test_prune_keeps_the_newest(tmp_path):
     assert [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(tmp_path)] == [4, 5]
 
 
+def test_a_kill_during_pruning_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    """Pruning renames a checkpoint aside before deleting it: a kill -9 mid-deletion (seen in the SIGKILL trials as
+    a step folder holding state.json without its tensors) leaves a .del- folder, never taken for a checkpoint and
+    swept by the next prune; a step folder missing either file is not listed either."""
+    for s in range(1, 4):
+        checkpoint.save(tmp_path / f"step_{s:09d}", {"s": torch.tensor(s)})
+
+    def die_midway(path, ignore_errors=False):
+        (Path(path) / checkpoint.TENSORS).unlink()  # the tensors deleted, then the process is killed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", die_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.prune(tmp_path, keep_last=2)
+    monkeypatch.undo()
+    assert [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(tmp_path)] == [2, 3]
+    assert not (tmp_path / "step_000000001").exists() and list(tmp_path.glob(".del-step_000000001-*"))
+    half = tmp_path / "step_000000009"  # as an older Fovea could leave it
+    half.mkdir()
+    (half / checkpoint.STATE).write_text("{}")
+    assert [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(tmp_path)] == [2, 3]
+    monkeypatch.setattr(checkpoint.os, "getpid", lambda: 1)  # the next run's process
+    checkpoint.prune(tmp_path, keep_last=2)
+    assert not list(tmp_path.glob(".del-*"))
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     tensors=st.binary(max_size=300),
