@@ -23,6 +23,8 @@ TINY = {
     ReinforceConfig: "--total-steps 600 --num-envs 4 --batch-episodes 2",
 }
 AGENT_RECIPES = sorted(name for name, r in recipes().items() if type(r.config) in TINY)
+# The Breakout twins of the Pong recipes and the Nature DQN variants run the same code as those: the slow tier
+SLOW_TWINS = {name for name in AGENT_RECIPES if "breakout" in name or name.startswith("dqn-nature")}
 
 
 def test_the_issue_s_recipes_exist():
@@ -31,7 +33,9 @@ def test_the_issue_s_recipes_exist():
     assert wanted <= set(AGENT_RECIPES)
 
 
-@pytest.mark.parametrize("recipe", AGENT_RECIPES)
+@pytest.mark.parametrize(
+    "recipe", [pytest.param(r, marks=pytest.mark.slow) if r in SLOW_TWINS else r for r in AGENT_RECIPES]
+)
 def test_agent_recipe_trains_and_logs(recipe, in_tmp, capsys):
     cfg = recipes()[recipe].config
     argv = ["train", recipe, "--name", "r", "--eval-episodes", "0", *TINY[type(cfg)].split()]
