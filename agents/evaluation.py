@@ -47,8 +47,31 @@ def load_network(cfg: AgentConfig, run, build: Callable[[AgentConfig, object], n
     return net.eval()
 
 
+VIDEO_STEPS = 3_000  # the longest video filmed during training, in agent steps (200 s of Atari at 15 frames a second)
+_FILM: list = []  # (run, step) while a periodic evaluation should also film one episode of the policy it plays
+
+
+def films(cfg: AgentConfig) -> bool:
+    """Whether evaluations during training film an episode (``eval_video``: auto films Atari games)."""
+    return cfg.eval_video == "on" or (cfg.eval_video == "auto" and cfg.atari)
+
+
 def play(cfg: AgentConfig, policy: Policy, episodes: int, *, seed: int, num_envs: int = 8) -> np.ndarray:
-    """Full-game, unclipped returns of ``episodes`` episodes played by ``policy`` (no life loss)."""
+    """Full-game, unclipped returns of ``episodes`` episodes played by ``policy`` (no life loss). Inside
+    ``keep_best`` with ``eval_video``, one more episode of the same policy is filmed (``watch.record``)."""
+    returns = _play(cfg, policy, episodes, seed=seed, num_envs=num_envs)
+    if _FILM:
+        from fovea.agents import watch
+
+        run, step = _FILM.pop()
+        try:
+            watch.record(cfg, run, policy, step=step, max_steps=VIDEO_STEPS)
+        except Exception as e:  # noqa: BLE001 - a video that cannot be made never stops training
+            run.say(f"step {step}: no evaluation video ({type(e).__name__}: {str(e)[:200]}); training goes on")
+    return returns
+
+
+def _play(cfg: AgentConfig, policy: Policy, episodes: int, *, seed: int, num_envs: int = 8) -> np.ndarray:
     env = make_env(cfg, min(episodes, num_envs), seed, evaluation=True)
     n = env.num_envs
     # A fixed quota per env: keeping the first episodes to finish would favour short ones (as SB3's evaluate_policy).
@@ -81,8 +104,13 @@ Evaluate = Callable[..., dict]  # evaluate(net, seed_offset) -> return_figures o
 
 def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Evaluate) -> dict:
     """Evaluate ``net`` on the selection games, log it, and copy it into ``best`` when it beats every earlier
-    evaluation."""
-    res = evaluate(net, SELECTION)
+    evaluation; with ``eval_video``, film one more episode of it to runs/NAME/videos/ and W&B (``eval/video``)."""
+    if films(run.config):
+        _FILM[:] = [(run, steps)]
+    try:
+        res = evaluate(net, SELECTION)
+    finally:
+        _FILM.clear()
     run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
     if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
         run.state.update(best_return=res["eval/mean_return"], best_step=steps)

@@ -373,7 +373,7 @@ def act_on_run(action: str, run_dir: str | Path, options: dict, *, device: str, 
     """Open ``run_dir`` read-only, call its task's ``action`` (sample, explain or detect) with its tracker attached,
     print the figures."""
     recipe, cfg, run = open_run(run_dir, device, action)
-    run.attach_tracker(wandb, project)
+    run.attach_tracker(wandb, project, job_type=action)
     with run:
         figures = getattr(recipe.task, action)(cfg, run, **options)
     figures = {"run": str(run.dir), "step": run.step, **figures}
@@ -419,10 +419,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     err.print(f"  detections     {detections['detections_png']}")
     err.print(f"  agent          {agent_dir}/: catches the ball in {caught:.0%} of {agent['eval/episodes']} games")
     err.print(f"  agent video    {watched['video']}")
-    for d in (run_dir, vae_dir, detector_dir, agent_dir):
-        wb = sorted((d / "wandb").glob("offline-run-*"))
-        if wb:
-            err.print(f"  W&B (offline)  upload with: wandb sync {wb[-1]}")
+    from fovea.tracking import sync_glob
+
+    offline = [sync_glob(d) for d in (run_dir, vae_dir, detector_dir, agent_dir) if any(d.glob("wandb/offline-run-*"))]
+    if offline:  # every train, eval and sample of the demo is its own W&B run
+        err.print(f"  W&B (offline)  upload with: wandb sync {' '.join(offline)}")
     err.print(f"  evaluate       fovea eval {run_dir}   |   fovea eval {vae_dir}   |   fovea eval {agent_dir} --video")
     err.print(f"  sample more    fovea sample {vae_dir} -n 64 --seed 1   |   fovea sample {vae_dir} --interpolate")
     err.print(f"  detect         fovea detect {detector_dir} YOUR.png -o detections/")
@@ -453,9 +454,7 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
     name = args.name or f"search-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", name):
         raise UsageError(f"--name {name!r} is not a valid search name: use letters, digits, '.', '_' and '-'")
-    search_dir = runs_dir / name
-    if search_dir.exists():
-        raise UsageError(f"{search_dir} already exists; pick another --name")
+    search_dir = runs_dir / name  # (an existing one is resumed by search(), when it is this same search)
     options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,
                    nonfinite=args.on_nonfinite)
     result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.rank_by,
@@ -573,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"Stopped at step {e.step}. Resume with: fovea train --resume {e.run_dir}")
         return 128 + e.signum
     except KeyboardInterrupt:
+        if args.command not in ("train", "demo", "search"):  # eval, sample...: they write no checkpoint
+            err.print("Stopped.")
+            return 128 + signal.SIGINT
         err.print("Interrupted before a checkpoint could be written; resume from the last one with --resume.")
         return 128 + signal.SIGINT
     finally:

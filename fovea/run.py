@@ -214,9 +214,7 @@ class Run:
         """Start W&B and metrics.jsonl: a new run at once, a resume once its checkpoint has loaded, an evaluation
         when it first logs (so a mistake that stops either one leaves the run folder as it was)."""
         if self.tracker is None and self.main and self._tracking is not None:
-            config = {"recipe": self.recipe, **self.config.to_dict()}
-            self.tracker = Tracker(self.dir, name=self.name, run_id=self.meta["wandb_id"], say=self.say, config=config,
-                                   **self._tracking)  # fmt: skip
+            self.tracker = Tracker.for_run(self, **self._tracking)
 
     # ------------------------------------------------------------------ life cycle
     def __enter__(self) -> Run:
@@ -285,6 +283,10 @@ class Run:
         checkpoint.save(path, self._gather(), meta={"recipe": self.recipe, "config_class": self.meta["config_class"],
                                                      "step": self.step})  # fmt: skip
         checkpoint.prune(self.ckpt_dir, self.keep_checkpoints, keep=tuple(self._pinned()))
+        if self.tracker is not None:  # a model Artifact (aliases latest, and best when the best network changed)
+            best = {k: v for k, v in self.state.items() if k.startswith("best")} if "best" in self._objects else None
+            self.tracker.log_checkpoint(path, step=self.step, best_marker=None if best is None else repr(best),
+                                        metadata={"recipe": self.recipe})  # fmt: skip
         return path
 
     def _pinned(self) -> list[Path]:
@@ -466,11 +468,25 @@ class Run:
         if self._progress is not None and self._show in values:
             self._progress.update(self._task, figure=f"{self._show} {values[self._show]:.4g}")
 
-    def log_image(self, key: str, image: Any, folder: str = "media", step: int | None = None) -> Path | None:
-        """An image (PNG in the run folder, W&B media) at ``step`` (default: the current step)."""
+    def log_image(self, key: str, image: Any, folder: str = "media", step: int | None = None,
+                  boxes: dict | None = None) -> Path | None:  # fmt: skip
+        """An image (PNG in the run folder, W&B media, with ``boxes`` as W&B box data) at ``step`` (default: the
+        current step)."""
         step = self.step if step is None else step
         self._start_tracker()
-        return self.tracker.log_image(key, image, step, folder) if self.tracker else None
+        return self.tracker.log_image(key, image, step, folder, boxes) if self.tracker else None
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        """A W&B Table of ``rows`` under ``columns`` (per-class figures, trials) at ``step``."""
+        self._start_tracker()
+        if self.tracker is not None:
+            self.tracker.log_table(key, columns, rows, self.step if step is None else step)
+
+    def log_confusion(self, key: str, confusion: list[list[int]], classes: list[str], step: int | None = None) -> None:
+        """A confusion matrix of counts (rows: true class) as W&B's confusion-matrix chart at ``step``."""
+        self._start_tracker()
+        if self.tracker is not None:
+            self.tracker.log_confusion(key, confusion, classes, self.step if step is None else step)
 
     def log_video(self, key: str, path: str | Path, step: int | None = None) -> None:
         """An MP4 in the run folder, logged to W&B as a video at ``step`` (default: the current step)."""
@@ -478,10 +494,11 @@ class Run:
         if self.tracker is not None:
             self.tracker.log_video(key, path, self.step if step is None else step)
 
-    def attach_tracker(self, wandb: str = "auto", project: str = "fovea") -> None:
-        """For evaluation: log media (videos, images) into the run's own W&B run (with ``wandb`` disabled, PNGs
-        and videos still land in the run folder). W&B starts when the evaluation first logs."""
-        self._tracking = dict(mode=wandb, project=project)
+    def attach_tracker(self, wandb: str = "auto", project: str = "fovea", job_type: str = "eval") -> None:
+        """For evaluation: log figures and media into a W&B run of its own (``job_type`` eval, sample, explain or
+        detect; the training run's group, its id in the config), never into the training run; with ``wandb``
+        disabled, PNGs and videos still land in the run folder. W&B starts when the evaluation first logs."""
+        self._tracking = dict(mode=wandb, project=project, job_type=job_type)
 
     def finish(self, figures: dict[str, Any]) -> None:
         """Record the final figures (W&B summary and ``runs/NAME/summary.json``)."""

@@ -404,12 +404,18 @@ def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples
 # ----------------------------------------------------------------------------- sampling
 
 
+# what `fovea sample -o` writes, by the file's suffix
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}  # fmt: skip
+
+
 def sample_command(cfg: GenConfig, run: Run, *, n: int = 64, output: str | None = None, seed: int = 0,
                    temperature: float = 1.0, interpolate: bool = False, label: int | None = None) -> dict:  # fmt: skip
     """``fovea sample``: draw ``n`` samples from a trained run's kept model (``seed`` fixes them, ``label``
     picks a class of a conditional model) or, with ``interpolate``, decode ``max(1, n // 8)`` rows of 8 points on
-    lines between random latent codes; write them as one PNG grid (``output``, default
-    ``runs/NAME/samples/sample_seed{seed}.png``) and log the grid to W&B.
+    lines between random latent codes; write them as one picture grid (``output``, in the format its suffix names:
+    PNG, JPEG, WebP, BMP or TIFF; default ``runs/NAME/samples/sample_seed{seed}.png``, or
+    ``interpolation_seed{seed}.png``) and log the grid to W&B.
 
     Returns ``output`` (the PNG's path), ``images`` (how many were drawn), ``seed``, ``temperature``,
     ``interpolate`` and ``label``.
@@ -440,12 +446,16 @@ def sample_command(cfg: GenConfig, run: Run, *, n: int = 64, output: str | None 
             labels = torch.full((n,), label, device=run.device) if label is not None else grid_labels(model, n)
             images, nrow = model.sample(n, generator=gen, temperature=temperature, labels=labels), None
     grid = grid_image(images, model.max_value, nrow=nrow)
-    path = Path(output) if output else run.dir / "samples" / f"sample_seed{seed}.png"
+    stem = "interpolation" if interpolate else "sample"
+    path = Path(output) if output else run.dir / "samples" / f"{stem}_seed{seed}.png"
+    fmt = IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"-o {path}: name a picture file ending in {', '.join(IMAGE_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     tmp = path.with_name(f".tmp-{path.name}")
-    Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy()).save(tmp, format="PNG")
+    Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy()).save(tmp, format=fmt)
     tmp.replace(path)
     run.log_image("samples/interpolation" if interpolate else "samples/grid", grid, folder="samples")
     return {"output": str(path), "images": len(images), "seed": seed, "temperature": temperature,

@@ -343,8 +343,8 @@ def test_detect_draws_boxes_and_skips_bad_images(trained, tmp_path, capsys):
         path = tmp_path / f"canvas{i}.png"
         Image.fromarray((image[0].numpy() * 255 // 16).astype(np.uint8)).save(path)
         good.append(str(path))
-    rgb, corrupt = tmp_path / "colour.png", tmp_path / "broken.png"
-    Image.new("RGB", (64, 64)).save(rgb)
+    rgb, corrupt = tmp_path / "colour.jpg", tmp_path / "broken.png"  # an RGB JPEG: converted to the model's grey
+    Image.fromarray(np.stack([(canvases.images[0][0].numpy() * 255 // 16).astype(np.uint8)] * 3, -1)).save(rgb)
     corrupt.write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
     capsys.readouterr()
@@ -352,11 +352,11 @@ def test_detect_draws_boxes_and_skips_bad_images(trained, tmp_path, capsys):
     assert code == 0
     captured = capsys.readouterr()
     figures = json.loads(captured.out.strip().splitlines()[-1])
-    assert figures["images"] == 2 and figures["skipped"] == 2
-    assert "colour.png: 3 channels (RGB), but" in captured.err and "takes 1 (grey)" in captured.err
+    assert figures["images"] == 3 and figures["skipped"] == 1
     assert "broken.png: cannot read it as an image" in captured.err and "Traceback" not in captured.err
     listed = json.loads((out / "detections.json").read_text())
-    assert set(listed) == set(good)
+    assert set(listed) == {*good, str(rgb)}
+    assert Path(listed[str(rgb)]["output"]).is_file()  # (before: refused as "3 channels (RGB), but ... 1 (grey)")
     assert Image.open(out / "canvas0.png").size == (256, 256)  # 64 px drawn 4x
     for entry in listed.values():
         for d in entry["detections"]:

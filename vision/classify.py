@@ -238,13 +238,18 @@ def confusion_image(confusion: list[list[int]], cell: int = 16) -> torch.Tensor:
 
 def report(run: Run, model: nn.Module, split: vdata.ImageData, key: str = "test") -> dict:
     """``fovea eval`` for any classifier: accuracy, loss, per-class accuracy and the confusion matrix, which is
-    also drawn (counts and class names) to ``runs/NAME/eval/KEY_confusion_STEP.png`` and logged to W&B."""
+    also drawn (counts and class names) to ``runs/NAME/eval/KEY_confusion_STEP.png`` and logged to W&B, beside a
+    table of the per-class accuracies and W&B's confusion-matrix chart."""
     res = evaluate_split(model, split)
     figures: dict = {f"{key}/acc": res["acc"], f"{key}/loss": res["loss"]}
     figures.update({f"{key}/acc_class_{c}": a for c, a in zip(split.classes, res["per_class_acc"], strict=True)})
     path = run.log_image(f"{key}/confusion", np.asarray(confusion_png(res["confusion"], split.classes)), folder="eval")
     if path is not None:
         figures["confusion_png"] = str(path)
+    counts = [sum(row) for row in res["confusion"]]  # W&B: a table of the per-class figures and the chart
+    rows = [[c, a, n] for c, a, n in zip(split.classes, res["per_class_acc"], counts, strict=True)]
+    run.log_table(f"{key}/per_class", ["class", "accuracy", "images"], rows)
+    run.log_confusion(f"{key}/confusion_matrix", res["confusion"], list(split.classes))
     return {**figures, "confusion": res["confusion"]}
 
 

@@ -37,6 +37,7 @@ from fovea.config import BackboneSpec, Config, param, register_recipe, register_
 from fovea.errors import ConfigError
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
+from fovea.tracking import wandb_boxes
 from fovea.vision import detection_data as ddata
 from fovea.vision.data import SPLITS
 from fovea.vision.detect_io import ModelIO, detect_files, read_model_io, save_model_io
@@ -252,6 +253,11 @@ def evaluate(cfg: DetectorConfig, run: Run) -> dict:
     detect_all(model, test.images, cfg.score_threshold)
     figures["images_per_s"] = len(test) / (time.perf_counter() - predict_start)
     path = run.log_image("test/detections", picture(test, res["predictions"]), folder="eval")
+    run.log_table("test/ap_per_class", ["class", "ap"], [[c, ap] for c, ap in res["ap_per_class"].items()])
+    shown = res["predictions"][:4] if getattr(run.tracker, "wb", None) is not None else []
+    for i, pred in enumerate(shown):  # W&B images with boxes, predicted and true, that toggle by class
+        boxes = wandb_boxes(pred, test.classes, (test.boxes[i], test.labels[i]))
+        run.log_image(f"test/boxes_{i}", test.images[i] * (255 // test.max_value), folder="eval", boxes=boxes)
     if path is not None:
         figures["detections_png"] = str(path)
     figures["eval_s"] = seconds

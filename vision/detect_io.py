@@ -65,15 +65,11 @@ def detect_files(model: nn.Module, run: Run, images: Sequence[str], io: ModelIO,
         try:
             with Image.open(path) as im:
                 im.load()
-                pil = im.convert("L" if im.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
+                pil = im.convert("L" if io.channels == 1 else "RGB")  # what the model takes (colour to grey...)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             problems.append(f"{path}: cannot read it as an image ({e.__class__.__name__}: {e})")
             continue
-        c = 1 if pil.mode == "L" else 3
-        if c != io.channels:
-            problems.append(f"{path}: {c} channel{'s' * (c > 1)} ({pil.mode}), but {run.dir}'s model takes "
-                            f"{io.channels} ({'grey' if io.channels == 1 else 'RGB'}); convert it first")  # fmt: skip
-            continue
+        c = io.channels
         w, h = pil.size
         pixels = np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32).reshape(size, size, c)
         x = torch.from_numpy(np.round(pixels * (io.max_value / 255.0))).permute(2, 0, 1)[None].to(torch.uint8)
