@@ -15,6 +15,7 @@ from PIL import Image
 
 from fovea.errors import ConfigError
 from fovea.vision import data as vdata
+from fovea.vision import data_atari
 
 MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -81,7 +82,7 @@ def test_mnist_reads_idx_files_and_splits_off_the_last_tenth(tmp_path, gz):
 
 
 def test_split_sizes_match_the_official_ones():
-    assert vdata._val_count(60_000) == 5000 and vdata._val_count(50_000) == 5000 and vdata._val_count(30) == 3
+    assert vdata.val_count(60_000) == 5000 and vdata.val_count(50_000) == 5000 and vdata.val_count(30) == 3
 
 
 def test_fashion_mnist_uses_its_folder_and_class_names(tmp_path, monkeypatch):
@@ -161,7 +162,7 @@ def cifar_batches(sizes: list[int]) -> list[tuple[np.ndarray, list[int]]]:
 def write_cifar_pickles(root: Path, batches, *, protocol: int = 2, str_keys: bool = False) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    for name, (data, labels) in zip([*vdata._CIFAR_BATCHES["train"], "test_batch"], batches, strict=True):
+    for name, (data, labels) in zip([*vdata.CIFAR_BATCHES["train"], "test_batch"], batches, strict=True):
         batch = {b"batch_label": b"batch", b"labels": labels, b"data": data, b"filenames": [b"x.png"] * len(data)}
         if str_keys:
             batch = {k.decode(): v for k, v in batch.items()}
@@ -194,7 +195,7 @@ def test_cifar_binary_batches_load(tmp_path):
     batches = cifar_batches(SIZES)
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
-    for name, (data, labels) in zip([*vdata._CIFAR_BATCHES["train"], "test_batch"], batches, strict=True):
+    for name, (data, labels) in zip([*vdata.CIFAR_BATCHES["train"], "test_batch"], batches, strict=True):
         records = np.concatenate([np.array(labels, np.uint8)[:, None], data], axis=1)
         (folder / f"{name}.bin").write_bytes(records.tobytes())
     train = vdata.load("cifar10", "train", data_dir=tmp_path)
@@ -381,13 +382,13 @@ def test_atari_frames_are_cached_and_a_corrupt_cache_is_rebuilt(tmp_path, tiny_a
     cache = tmp_path / "atari-pong.npz"
     assert cache.is_file() and [p.name for p in tmp_path.iterdir()] == ["atari-pong.npz"]
 
-    real = vdata.collect_atari
-    monkeypatch.setattr(vdata, "collect_atari", lambda *a: pytest.fail("the cache was not used"))
+    real = data_atari.collect_atari
+    monkeypatch.setattr(data_atari, "collect_atari", lambda *a: pytest.fail("the cache was not used"))
     assert torch.equal(vdata.load("atari:pong", "train", cache_dir=tmp_path).images, train.images)
     val = vdata.load("atari:pong", "val", cache_dir=tmp_path)
     assert val.images.shape == (3, 1, 84, 84) and not torch.equal(val.images, train.images[:3])
 
-    monkeypatch.setattr(vdata, "collect_atari", real)
+    monkeypatch.setattr(data_atari, "collect_atari", real)
     cache.write_bytes(b"PK\x03\x04 garbage")
     with pytest.warns(UserWarning, match="atari-pong.npz is unusable .*collecting the frames again"):
         again = vdata.load("atari:pong", "train", cache_dir=tmp_path)

@@ -17,6 +17,7 @@ from torchvision.ops import box_iou
 from fovea.errors import ConfigError
 from fovea.vision import data as vdata
 from fovea.vision import detection_data as ddata
+from fovea.vision import detection_digits
 
 SPLIT_SIZES = {"train": 1000, "val": 350, "test": 447}
 ARGS = {"count": 64, "size": 64, "objects": (1, 5), "scale": (12, 32), "noise": 2, "seed": 0}
@@ -25,7 +26,7 @@ ARGS = {"count": 64, "size": 64, "objects": (1, 5), "scale": (12, 32), "noise": 
 @pytest.fixture(scope="module")
 def canvases() -> tuple[ddata.DetectionData, list[np.ndarray]]:
     """64 test canvases with, per digit, (source index in the split, x, y, side) of its pasted square."""
-    return ddata._canvases("test", *ARGS.values())
+    return detection_digits._canvases("test", *ARGS.values())
 
 
 def same(a: ddata.DetectionData, b: ddata.DetectionData) -> bool:
@@ -61,7 +62,7 @@ def test_layout_and_default_counts():
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_digits_come_from_their_own_split(split):
-    data, placed = ddata._canvases(split, *ARGS.values())
+    data, placed = detection_digits._canvases(split, *ARGS.values())
     source = vdata.digits(split)
     assert len(source) == SPLIT_SIZES[split]
     for labels, where in zip(data.labels, placed, strict=True):

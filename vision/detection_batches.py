@@ -85,4 +85,3 @@ def _worker_ignores_stop_signals(_: int) -> None:
     checkpoint needs the batches still to come): the loader's workers must not die of them first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-

@@ -1,6 +1,7 @@
 """How well a detector does, and pictures of what it finds: ``detect_all`` runs it over a set of images,
 ``mean_ap`` scores its detections by COCO's mAP (torchmetrics' MeanAveragePrecision, pycocotools backend), and
-``picture`` draws true boxes (green) and predicted ones (red, with class and score) on a grid of images."""
+``picture`` draws true boxes (green) and predicted ones (red, with class and score) on a grid of images, with
+``draw`` (images with their boxes and class names) and ``draw_predictions``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fovea.vision import detection_data as ddata
+from fovea.vision.detection_set import DetectionData
 from fovea.vision.plots import image_grid
 
 TRUE_COLOR, PRED_COLOR = "lime", "red"
@@ -31,7 +32,7 @@ def detect_all(model: nn.Module, images: torch.Tensor, score_threshold: float = 
     return out
 
 
-def mean_ap(predictions: list[dict], data: ddata.DetectionData) -> dict:
+def mean_ap(predictions: list[dict], data: DetectionData) -> dict:
     """COCO mAP@[.5:.95], mAP@.5, mAP@.75 and AP per class of ``predictions`` against ``data``'s boxes, through
     torchmetrics' MeanAveragePrecision (pycocotools backend)."""
     from torchmetrics.detection import MeanAveragePrecision
@@ -45,20 +46,20 @@ def mean_ap(predictions: list[dict], data: ddata.DetectionData) -> dict:
             "ap_per_class": {data.classes[c]: ap for c, ap in per_class.items()}}  # fmt: skip
 
 
-def evaluate_split(model: nn.Module, data: ddata.DetectionData, score_threshold: float = 0.05) -> dict:
+def evaluate_split(model: nn.Module, data: DetectionData, score_threshold: float = 0.05) -> dict:
     """mAPs of ``model`` on ``data``, plus its predictions."""
     predictions = detect_all(model, data.images, score_threshold)
     return {**mean_ap(predictions, data), "predictions": predictions}
 
 
-def picture(data: ddata.DetectionData, predictions: list[dict], n: int = 8, threshold: float = 0.5,
+def picture(data: DetectionData, predictions: list[dict], n: int = 8, threshold: float = 0.5,
             columns: int = 4) -> np.ndarray:  # fmt: skip
     """The first ``n`` images with their true boxes (green) and predicted boxes scored above ``threshold`` (red,
     with class and score), as one (H, W, 3) uint8 grid."""
     n = min(n, len(data))
     upscale = max(1, 256 // max(data.shape[1:]))
     kept = [{k: v[p["scores"] >= threshold] for k, v in p.items()} for p in predictions[:n]]
-    truth = ddata.draw(data.images[:n], data.boxes[:n], data.labels[:n], [""] * len(data.classes), data.max_value,
+    truth = draw(data.images[:n], data.boxes[:n], data.labels[:n], [""] * len(data.classes), data.max_value,
                        upscale=upscale, color=TRUE_COLOR)  # fmt: skip
     drawn = [draw_predictions(t, p, data.classes, upscale) for t, p in zip(truth, kept, strict=True)]
     return image_grid(np.stack(drawn), columns)
@@ -77,3 +78,43 @@ def draw_predictions(rgb: np.ndarray, pred: dict, classes: Sequence[str], upscal
     drawn = draw_bounding_boxes(image, pred["boxes"].float() * upscale, names, colors=PRED_COLOR, width=width,
                                 label_colors="white", label_background_colors=PRED_COLOR, fill_labels=True)  # fmt: skip
     return drawn.permute(1, 2, 0).contiguous().numpy()
+
+
+def draw(
+    images: torch.Tensor,
+    boxes: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    classes: Sequence[str],
+    max_value: int,
+    *,
+    scores: Sequence[torch.Tensor] | None = None,
+    upscale: int = 4,
+    color: str = "red",
+    width: int = 1,
+) -> list[np.ndarray]:
+    """Pictures of images with their boxes and class names, e.g. for W&B: a list of (H*upscale, W*upscale, 3) uint8.
+
+    Args:
+        images: (N, C, H, W) pixels in 0..max_value, C = 1 (grey) or 3.
+        boxes: N (n_i, 4) xyxy boxes in the images' pixel coordinates.
+        labels: N (n_i,) class indices.
+        classes: class names, index = label.
+        max_value: the largest pixel value, drawn as white.
+        scores: N (n_i,) confidences shown after the class names (predictions); None for true boxes.
+        upscale: each pixel becomes upscale x upscale pixels (nearest), so small canvases stay legible.
+        color: box and text colour.
+        width: box line width in drawn pixels.
+    """
+    from torchvision.utils import draw_bounding_boxes
+
+    pictures = []
+    for i, image in enumerate(images.detach().cpu()):
+        rgb = (image.float() * (255 / max_value)).round().clamp(0, 255).to(torch.uint8).expand(3, -1, -1)
+        rgb = rgb.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2)  # (3, H*upscale, W*upscale)
+        names = [classes[int(k)] for k in labels[i]]
+        if scores is not None:
+            names = [f"{name} {float(s):.2f}" for name, s in zip(names, scores[i], strict=True)]
+        if names:  # torchvision warns on an image without boxes
+            rgb = draw_bounding_boxes(rgb, boxes[i].detach().cpu().float() * upscale, names, colors=color, width=width)
+        pictures.append(rgb.permute(1, 2, 0).contiguous().numpy())
+    return pictures
