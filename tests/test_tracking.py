@@ -4,14 +4,16 @@ system-metric settings and an evaluation video; `fovea eval` is its own W&B run;
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import TINY_CNN
 from wandb_reader import history, records
 
 from fovea.cli import main
 
-pytestmark = pytest.mark.slow  # one tiny agent trained, filmed and evaluated: about 20 s on 2 cores
+slow = pytest.mark.slow  # one tiny agent trained, filmed and evaluated: about 20 s on 2 cores
 
 
 def parsed(path: Path) -> list:
@@ -49,8 +51,8 @@ def agent(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        argv = ["train", "dqn-catch", "--name", "c", "--total-steps", "400", "--learning-starts", "100",
-                "--eval-every", "200", "--eval-episodes", "2", "--eval-video", "on", "--checkpoint-every", "60"]  # fmt: skip
+        argv = ["train", "dqn-catch", "--name", "c", "--total-steps", "400", "--learning-starts", "100", "--eval-every",
+                "200", "--eval-episodes", "2", "--eval-video", "on", "--checkpoint-every", "60"]  # fmt: skip
         assert main(argv) == 0
         assert main(["eval", "runs/c", "--episodes", "3", "--wandb", "offline"]) == 0
     finally:
@@ -58,16 +60,19 @@ def agent(tmp_path_factory):
     return root / "runs" / "c"
 
 
+@slow
 def test_training_run_holds_model_artifacts_with_latest_and_best(agent):
     (train,) = offline_runs(agent)["train"]
     arts = of_type(train, "artifact")
     assert arts and all(a.type == "model" and a.name == "run-c-model" for a in arts)
     files = {e.path for e in arts[-1].manifest.contents}
-    assert "config.json" in files and any(f.startswith("checkpoints/step_") and f.endswith("safetensors") for f in files)
+    assert "config.json" in files
+    assert any(f.startswith("checkpoints/step_") and f.endswith("tensors.safetensors") for f in files)
     aliases = [set(a.aliases) for a in arts]
     assert all("latest" in a for a in aliases) and any("best" in a for a in aliases)
 
 
+@slow
 def test_training_run_settings_job_group_tags_and_system_metrics(agent):
     (train,) = offline_runs(agent)["train"]
     (run,) = of_type(train, "run")
@@ -78,6 +83,7 @@ def test_training_run_settings_job_group_tags_and_system_metrics(agent):
     assert (next(agent.glob("wandb/offline-run-*/files")) / "output.log").is_file()  # the console, as W&B shows it
 
 
+@slow
 def test_training_run_films_each_evaluation(agent):
     (train,) = offline_runs(agent)["train"]
     videos = [r for r in history(next(agent.glob("wandb/offline-run-*/run-*.wandb"))) if "eval/video/path" in r]
@@ -85,6 +91,7 @@ def test_training_run_films_each_evaluation(agent):
     assert {r["global_step"] for r in videos} >= {200, 400}
 
 
+@slow
 def test_eval_is_its_own_run_linked_to_training_and_leaves_its_summary_alone(agent):
     runs = offline_runs(agent)
     (train,), (ev,) = runs["train"], runs["eval"]
@@ -96,3 +103,54 @@ def test_eval_is_its_own_run_linked_to_training_and_leaves_its_summary_alone(age
     assert summary["eval/episodes"] == 3 and "run" not in summary  # no local path in the summary
     train_summary = {i.key: json.loads(i.value_json) for s in of_type(train, "summary") for i in s.update}
     assert train_summary.get("eval/episodes") == 2  # what training wrote, not the evaluation's 3
+
+
+@pytest.mark.slow
+def test_a_stopped_search_resumes_skipping_finished_trials_and_logs_a_table(in_tmp, capsys):
+    argv = ["search", "cnn-digits", "--param", "lr=log:1e-3:1e-1", "--trials", "2", "--rounds", "1", "--name", "s",
+            "--epochs", "1", "--wandb", "offline", *TINY_CNN]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    log = in_tmp / "runs/s/trials.jsonl"
+    rows = log.read_text().splitlines()
+    log.write_text(rows[0] + "\n")  # as if stopped during trial-01
+    shutil.rmtree(in_tmp / "runs/s/trial-01")
+    kept = (in_tmp / "runs/s/trial-00/metrics.jsonl").stat().st_mtime_ns
+    assert main(argv) == 0  # (before: "runs/s already exists; pick another --name")
+    out = capsys.readouterr()
+    again = json.loads(out.out.strip().splitlines()[-1])
+    assert "1 finished trial(s) skipped" in out.err and again["trials"] == first["trials"]
+    assert (in_tmp / "runs/s/trial-00/metrics.jsonl").stat().st_mtime_ns == kept
+    assert len(log.read_text().splitlines()) == 2
+    tables = [r for f in (in_tmp / "runs/s/wandb").glob("offline-run-*/run-*.wandb") for r in history(f)
+              if r.get("search/trials/_type") == "table-file"]  # fmt: skip
+    assert tables and tables[-1]["search/trials/nrows"] == 2
+    assert main([*argv[: -len(TINY_CNN)], "--trials", "3", *TINY_CNN]) == 2  # another search under the same name
+    assert "holds another search" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_eval_says_stopped_not_checkpoint(monkeypatch, capsys):
+    import fovea.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fovea.cli, "run_job", interrupted)
+    assert main(["eval", "runs/whatever"]) == 130
+    err = capsys.readouterr().err
+    assert "Stopped." in err and "checkpoint" not in err
+
+
+@pytest.mark.slow
+def test_sample_interpolation_has_its_own_file_and_o_writes_the_suffix_format(in_tmp, capsys):
+    assert main(["train", "vae-digits", "--name", "v", "--epochs", "1", "--wandb", "disabled"]) == 0
+    assert main(["sample", "runs/v", "-n", "8", "--wandb", "disabled"]) == 0
+    assert main(["sample", "runs/v", "-n", "8", "--interpolate", "--wandb", "disabled"]) == 0
+    samples = in_tmp / "runs/v/samples"
+    assert (samples / "sample_seed0.png").is_file() and (samples / "interpolation_seed0.png").is_file()
+    assert main(["sample", "runs/v", "-n", "8", "-o", "grid.jpg", "--wandb", "disabled"]) == 0
+    assert (in_tmp / "grid.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, not PNG bytes
+    capsys.readouterr()
+    assert main(["sample", "runs/v", "-n", "8", "-o", "grid.txt", "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err
+    assert "-o grid.txt: name a picture file ending in .png, .jpg" in err and "Traceback" not in err
