@@ -6,7 +6,7 @@
 64
 """
 
-from fovea.backbones import cnn, mlp, rnn  # noqa: F401  (registers the backbones)
+from fovea.backbones import cnn, mlp, rnn, unet  # noqa: F401  (registers the backbones)
 from fovea.backbones.registry import BackboneError, build, entry, names, register
 
 __all__ = ["BackboneError", "build", "entry", "names", "register"]
