@@ -65,7 +65,7 @@ def loop_sps(cfg, train_fn, steps: int, device: str, runs_dir: str, start: float
     """Train ``cfg`` with ``train_fn``; its steps/s over the training loop (the ``perf/sps`` that A2C's and PPO's
     loop logs at its last update: steps / time from after the env reset to the end of that update) and over the
     whole call since ``start``."""
-    with Run("throughput", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
+    with Run.create("throughput", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
         train_fn(cfg, run)
         total = steps / (time.perf_counter() - start)
     rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]

@@ -95,7 +95,7 @@ def peer(cfg: detect.DetectorConfig, device: torch.device, workers: int) -> list
 
 def ours(cfg: detect.DetectorConfig, device: torch.device, runs_dir: str) -> list[float]:
     """Images/s of each training pass as Fovea's loop logs it, from the run's metrics.jsonl."""
-    with Run("detect-digits", cfg, runs_dir=runs_dir, device=str(device), wandb="disabled") as run:
+    with Run.create("detect-digits", cfg, runs_dir=runs_dir, device=str(device), wandb="disabled") as run:
         detect.train(cfg, run)
     rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
     rates = [row["perf/images_per_s"] for row in rows if "perf/images_per_s" in row]

@@ -43,7 +43,7 @@ def fovea_config(steps: int, learning_starts: int, amp: str, compile: bool, asyn
 
 
 def fovea_sps(cfg: DQNConfig, device: str, runs_dir: str) -> float:
-    with Run("dqn-pong", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
+    with Run.create("dqn-pong", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
         start = time.perf_counter()
         train(cfg, run)
         return cfg.total_steps / (time.perf_counter() - start)

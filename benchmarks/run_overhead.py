@@ -50,7 +50,7 @@ def plain_loop(cfg: classify.ClassifierConfig, device: torch.device) -> float:
 
 
 def fovea_run(cfg: classify.ClassifierConfig, device: str, runs_dir: str) -> float:
-    with Run("cnn-digits", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
+    with Run.create("cnn-digits", cfg, runs_dir=runs_dir, device=device, wandb="disabled") as run:
         return classify.train(cfg, run)["test/acc"]
 
 

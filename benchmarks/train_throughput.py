@@ -98,7 +98,7 @@ def peer_generative(cfg: gbase.GenConfig, device: torch.device) -> list[float]:
 
 def ours(recipe: str, cfg, device: torch.device, runs_dir: str) -> list[float]:
     """Images/s of each epoch as Fovea's loop logs it, from the run's metrics.jsonl."""
-    with Run(recipe, cfg, runs_dir=runs_dir, device=str(device), wandb="disabled") as run:
+    with Run.create(recipe, cfg, runs_dir=runs_dir, device=str(device), wandb="disabled") as run:
         get_recipe(recipe).task.train(cfg, run)
     rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
     key = "perf/samples_per_s" if isinstance(cfg, classify.ClassifierConfig) else "perf/images_per_s"

@@ -1,42 +1,38 @@
-"""The ``fovea`` command: recipes, train, eval, sample, explain, detect, search, demo, backbones.
+"""The ``fovea`` command: recipes, backbones, train, eval, sample, explain, detect, search, sweep, demo.
 
-Every command that computes figures prints a readable table, then, as its last line, the same
-figures as one JSON object. A user's mistake gets one line naming the problem and the fix, and a
-non-zero exit; never a traceback.
+Parsing and printing only: the work is done by fovea.api (and fovea.search, fovea.sweep). Every command that
+computes figures prints a readable table, then, as its last line, the same figures as one JSON object. A user's
+mistake gets one line naming the problem and the fix, and a non-zero exit; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
-import inspect
 import json
 import math
 import os
 import re
-import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from fovea import api
+from fovea.api import load_tasks, open_run  # noqa: F401  (tests import them from here)
 from fovea.errors import FoveaError, UsageError
 
-TASK_PACKAGES = ("fovea.vision", "fovea.agents", "fovea.generative")  # packages that register recipes (imported lazily)
 EXPLANATIONS = ("filters", "saliency", "occlusion", "tsne", "neighbours")  # vision.explain.METHODS, kept here so
 # that `fovea --help` needs no torch import (a test checks the two agree)
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def load_tasks() -> None:
-    for pkg in TASK_PACKAGES:
-        importlib.import_module(pkg)
 
 
 def print_figures(title: str, figures: dict[str, Any]) -> None:
@@ -52,19 +48,6 @@ def print_figures(title: str, figures: dict[str, Any]) -> None:
     print(json.dumps(finite), flush=True)  # strict JSON: NaN / Inf become null
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", help="run folder name under --runs-dir (default: <recipe>-<date>-<time>)")
-    p.add_argument("--runs-dir", help="where run folders live (default: runs)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode; auto: online when logged in, offline otherwise")  # fmt: skip
-    p.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    p.add_argument("--keep-checkpoints", type=int, default=3, help="how many recent checkpoints to keep (default: 3)")
-    p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
-                   help="a NaN or infinite loss or gradient: stop the run, keeping the last good checkpoint (default), "
-                   "or skip that update (one device read per update)")  # fmt: skip
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a mistake like every other one (one ``error:`` line, exit 2) instead of printing
     its usage and exiting."""
@@ -73,135 +56,116 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (`{self.prog} --help` lists the options)")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fovea", description="Learning from pixels: train, evaluate and compare models.",
-                                allow_abbrev=False)  # fmt: skip
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("recipes", help="list every recipe with a one-line description")
-    sub.add_parser("backbones", help="list the registered backbones and their options")
-    t = sub.add_parser(
-        "train",
-        help="train a recipe: fovea train RECIPE [--field value ...]",
-        usage="fovea train RECIPE [--name NAME] [run options] [--field VALUE ...]  |  fovea train --resume RUN_DIR",
-        add_help=False,
-        allow_abbrev=False,
-    )
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    t.add_argument("-h", "--help", action="store_true", help="show the recipe's fields (with a recipe) or this help")
-    _run_options(t)
-    e = sub.add_parser("eval", help="evaluate a run's latest checkpoint: fovea eval runs/NAME", allow_abbrev=False)
-    e.add_argument("run_dir")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--episodes", type=int, help="agents: episodes to play (default: the config's eval_episodes)")
-    e.add_argument("--network", choices=["final", "best"],
-                   help="agents: score the final network (default) or the best of the periodic evaluations; either "
-                        "plays fresh games, seeded apart from every game of training")  # fmt: skip
-    e.add_argument("--video", action="store_true", help="agents: record one episode to runs/NAME/videos/ and W&B")
-    e.add_argument("--saliency", action="store_true", help="agents: the video shows gradient saliency (pixels only)")
-    e.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode for the pictures and videos eval logs (default: auto)")  # fmt: skip
-    e.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    e.add_argument("--classifier", metavar="RUN_DIR",
-                   help="generative: the classifier run whose features score samples (default: the newest "
-                        "cnn-digits run beside RUN, trained once when there is none)")  # fmt: skip
-    e.add_argument("--samples", type=int, help="generative: samples scored (default: 1000)")
-    s = sub.add_parser("sample", help="a PNG grid of a generative model's samples: fovea sample runs/NAME -n 64",
-                       allow_abbrev=False)  # fmt: skip
-    s.add_argument("run_dir")
-    s.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("-o", "--output", help="PNG to write (default: runs/NAME/samples/sample_seedS.png)")
-    s.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples (default: 0)")
-    s.add_argument("--temperature", type=float, default=1.0,
-                   help="1: the model's distribution; lower: more typical samples (0: the most likely)")  # fmt: skip
-    s.add_argument("--interpolate", action="store_true", help="rows of images between two random latent codes")
-    s.add_argument("--label", type=int, help="class-conditional models: samples of this class")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode for the grid (default: auto)")  # fmt: skip
-    s.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    x = sub.add_parser("explain", help="a picture of what a classifier learned: fovea explain runs/NAME --what "
-                                       "saliency", allow_abbrev=False)  # fmt: skip
-    x.add_argument("run_dir")
-    x.add_argument("--what", required=True, choices=EXPLANATIONS,
-                   help="filters: first-layer weights; saliency: |d score / d pixel|; occlusion: drop in p(true "
-                        "class) under a sliding patch; tsne: 2-D map of the last-layer features; neighbours: nearest "
-                        "training images in feature space")  # fmt: skip
-    x.add_argument("-n", type=int, help="images explained (default 8; tsne: points, default 2000; filters: all)")
-    x.add_argument("-o", "--output", help="PNG to write (default: runs/NAME/explain/WHAT.png)")
-    x.add_argument("--seed", type=int, default=0, help="which test images are picked (default: 0)")
-    x.add_argument("--device", default="auto")
-    x.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode for the picture (default: auto)")  # fmt: skip
-    x.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    g = sub.add_parser("detect", help="draw a detector's boxes on image files: fovea detect runs/NAME a.png -o out/",
-                       allow_abbrev=False)  # fmt: skip
-    g.add_argument("run_dir")
-    g.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), resized for the model")
-    g.add_argument("-o", "--output", metavar="OUT_DIR",
-                   help="folder for the pictures and detections.json (default: runs/NAME/detections/)")  # fmt: skip
-    g.add_argument("--threshold", type=float, default=0.5, help="boxes scored below this are not drawn (default: 0.5)")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--wandb", default="disabled", choices=["auto", "online", "offline", "disabled"],
-                   help="W&B mode (default: disabled; the pictures are files)")  # fmt: skip
-    g.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
-    q = sub.add_parser(
-        "search",
-        help="random hyperparameter search, coarse to fine: fovea search RECIPE --param lr=log:1e-4:1e-1 --trials 8",
-        usage="fovea search RECIPE --param FIELD=KIND:RANGE [--param ...] [--trials N] [--rounds R] [--rank-by FIGURE] "
-        "[--name NAME] [run options] [--field VALUE ...]",
-        description="Random search over the --param ranges (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, "
-        "choice:A|B|C): a coarse round, then rounds narrowed around the best trial. Give a few --epochs per trial. "
-        "Each trial is a run in runs/NAME/trial-NN/.",
-        allow_abbrev=False,
-    )
-    q.add_argument("--param", action="append", default=[], metavar="FIELD=KIND:RANGE",
-                   help="a searched field, e.g. lr=log:1e-4:1e-1 (repeat for each)")  # fmt: skip
-    q.add_argument("--trials", type=int, default=8, help="trials per round (default: 8)")
-    q.add_argument("--rounds", type=int, default=2, help="rounds: the first coarse, the rest finer (default: 2)")
-    q.add_argument("--rank-by", default="val/acc", metavar="FIGURE",
-                   help="the figure trials are ranked by (default: val/acc; losses are minimised)")  # fmt: skip
-    q.add_argument("--search-seed", type=int, default=0, help="seeds the sampling of the trials (default: 0)")
-    _run_options(q)
-    w = sub.add_parser(
-        "sweep",
-        help="a W&B sweep whose trials run on every machine with `wandb agent`: fovea sweep RECIPE --param "
-        "lr=log:1e-5:1e-3 --method bayes",
-        usage="fovea sweep RECIPE --param FIELD=KIND:RANGE [--param ...] [--method random|grid|bayes] "
-        "[--metric FIGURE] [--goal maximize|minimize] [--project P] [--name NAME] [-o sweep.yaml] [--device DEV] "
-        "[--field VALUE ...]",
-        description="Write a W&B sweep configuration whose trials are `fovea train RECIPE [--field VALUE ...]` with "
-        "the --param values (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, choice:A|B|C), then print the "
-        "commands that create it and start agents.",
-        allow_abbrev=False,
-    )
-    w.add_argument("--param", action="append", default=[], metavar="FIELD=KIND:RANGE",
-                   help="a swept field, e.g. lr=log:1e-5:1e-3 (repeat for each)")  # fmt: skip
-    w.add_argument("--method", default="random", help="random (default), grid (choices and int ranges) or bayes")
-    w.add_argument("--metric", metavar="FIGURE", help="the figure to optimise (default: the recipe's, e.g. val/acc)")
-    w.add_argument("--goal", help="maximize or minimize (default: minimize losses, maximize the rest)")
-    w.add_argument("--project", default="fovea", help="W&B project of the sweep and its trials (default: fovea)")
-    w.add_argument("--name", help="the sweep's name on W&B (default: RECIPE-METHOD)")
-    w.add_argument("-o", "--output", default="sweep.yaml", help="the configuration to write (default: sweep.yaml)")
-    w.add_argument("--device", help="every trial's --device (default: auto)")
-    d = sub.add_parser("demo", help="about 90 s on embedded data: a digits CNN, a digits VAE and its samples, "
-                                    "a digits detector, then a DQN agent on Catch pixels")
-    _run_options(d)
+def run_options() -> argparse.ArgumentParser:
+    """The options of a command that trains runs (train, search, demo)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--name", help="run folder name under --runs-dir (default: <recipe>-<date>-<time>)")
+    p.add_argument("--runs-dir", help="where run folders live (default: runs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--wandb", default="auto", choices=WANDB_MODES,
+                   help="W&B mode; auto: online when logged in, offline otherwise")  # fmt: skip
+    p.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="how many recent checkpoints to keep (default: 3)")
+    p.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="a NaN or infinite loss or gradient: stop the run, keeping the last good checkpoint (default), "
+                   "or skip that update (one device read per update)")  # fmt: skip
     return p
 
 
-def cmd_recipes() -> None:
+def job_options(wandb: str = "auto") -> argparse.ArgumentParser:
+    """The options of a command on a trained run's folder (eval, sample, explain, detect)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("run_dir", help="the run folder, e.g. runs/NAME")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--wandb", default=wandb, choices=WANDB_MODES,
+                   help=f"W&B mode for what it logs (default: {wandb})")  # fmt: skip
+    p.add_argument("--project", default="fovea", help="W&B project (default: fovea)")
+    return p
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("-h", "--help", action="store_true", help="show the recipe's fields (with a recipe) or this help")
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--episodes", type=int, help="agents: episodes to play (default: the config's eval_episodes)")
+    p.add_argument("--network", choices=["final", "best"],
+                   help="agents: score the final network (default) or the best of the periodic evaluations; either "
+                        "plays fresh games, seeded apart from every game of training")  # fmt: skip
+    p.add_argument("--video", action="store_true", help="agents: record one episode to runs/NAME/videos/ and W&B")
+    p.add_argument("--saliency", action="store_true", help="agents: the video shows gradient saliency (pixels only)")
+    p.add_argument("--classifier", metavar="RUN_DIR",
+                   help="generative: the classifier run whose features score samples (default: the newest "
+                        "cnn-digits run beside RUN, trained once when there is none)")  # fmt: skip
+    p.add_argument("--samples", type=int, help="generative: samples scored (default: 1000)")
+
+
+def _sample_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("-o", "--output", help="PNG to write (default: runs/NAME/samples/sample_seedS.png)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="1: the model's distribution; lower: more typical samples (0: the most likely)")  # fmt: skip
+    p.add_argument("--interpolate", action="store_true", help="rows of images between two random latent codes")
+    p.add_argument("--label", type=int, help="class-conditional models: samples of this class")
+
+
+def _explain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--what", required=True, choices=EXPLANATIONS,
+                   help="filters: first-layer weights; saliency: |d score / d pixel|; occlusion: drop in p(true "
+                        "class) under a sliding patch; tsne: 2-D map of the last-layer features; neighbours: nearest "
+                        "training images in feature space")  # fmt: skip
+    p.add_argument("-n", type=int, help="images explained (default 8; tsne: points, default 2000; filters: all)")
+    p.add_argument("-o", "--output", help="PNG to write (default: runs/NAME/explain/WHAT.png)")
+    p.add_argument("--seed", type=int, default=0, help="which test images are picked (default: 0)")
+
+
+def _detect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...), resized for the model")
+    p.add_argument("-o", "--output", metavar="OUT_DIR",
+                   help="folder for the pictures and detections.json (default: runs/NAME/detections/)")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=0.5, help="boxes scored below this are not drawn (default: 0.5)")
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", default=[], metavar="FIELD=KIND:RANGE",
+                   help="a searched field, e.g. lr=log:1e-4:1e-1 (repeat for each)")  # fmt: skip
+    p.add_argument("--trials", type=int, default=8, help="trials per round (default: 8)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds: the first coarse, the rest finer (default: 2)")
+    p.add_argument("--rank-by", default="val/acc", metavar="FIGURE",
+                   help="the figure trials are ranked by (default: val/acc; losses are minimised)")  # fmt: skip
+    p.add_argument("--search-seed", type=int, default=0, help="seeds the sampling of the trials (default: 0)")
+
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", action="append", default=[], metavar="FIELD=KIND:RANGE",
+                   help="a swept field, e.g. lr=log:1e-5:1e-3 (repeat for each)")  # fmt: skip
+    p.add_argument("--method", default="random", help="random (default), grid (choices and int ranges) or bayes")
+    p.add_argument("--metric", metavar="FIGURE", help="the figure to optimise (default: the recipe's, e.g. val/acc)")
+    p.add_argument("--goal", help="maximize or minimize (default: minimize losses, maximize the rest)")
+    p.add_argument("--project", default="fovea", help="W&B project of the sweep and its trials (default: fovea)")
+    p.add_argument("--name", help="the sweep's name on W&B (default: RECIPE-METHOD)")
+    p.add_argument("-o", "--output", default="sweep.yaml", help="the configuration to write (default: sweep.yaml)")
+    p.add_argument("--device", help="every trial's --device (default: auto)")
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def cmd_recipes(args: argparse.Namespace, rest: list[str]) -> None:
     from fovea.config import recipes
 
+    load_tasks()
     table = Table(title="Recipes (fovea train RECIPE)", header_style="bold")
-    table.add_column("recipe")
-    table.add_column("config")
-    table.add_column("description")
+    for col in ("recipe", "config", "description"):
+        table.add_column(col)
     for name, r in recipes().items():
         table.add_row(name, type(r.config).__name__, r.description)
     out.print(table)
 
 
-def cmd_backbones() -> None:
+def cmd_backbones(args: argparse.Namespace, rest: list[str]) -> None:
     from fovea import backbones
     from fovea.config import BackboneSpec
 
@@ -210,20 +174,19 @@ def cmd_backbones() -> None:
         table.add_column(col)
     for name in backbones.names():
         e = backbones.entry(name)
-        opts = ", ".join(BackboneSpec(name=name).option_types())
-        table.add_row(name, e.kind, opts, e.summary)
+        table.add_row(name, e.kind, ", ".join(BackboneSpec(name=name).option_types()), e.summary)
     out.print(table)
 
 
 def recipe_help(recipe) -> None:
+    """``fovea train RECIPE --help``: the recipe's fields, their values and their docs."""
     import dataclasses
 
     from fovea.config import field_docs
 
     cfg = recipe.config
-    out.print(
-        f"[bold]fovea train {recipe.name}[/bold] [--name NAME] [--device DEV] [--wandb MODE] [--field VALUE ...]\n"
-    )
+    out.print(f"[bold]fovea train {recipe.name}[/bold] [--name NAME] [--device DEV] [--wandb MODE] "
+              f"[--field VALUE ...]\n")  # fmt: skip
     out.print(recipe.description + "\n")
     table = Table(title=f"{type(cfg).__name__} fields (override with --field VALUE)", header_style="bold")
     for col in ("option", "value", "description"):
@@ -236,198 +199,86 @@ def recipe_help(recipe) -> None:
     out.print(table)
 
 
-def train_recipe(args: argparse.Namespace, overrides: list[str], *, demo: bool = False) -> dict:
-    from fovea import distributed
-    from fovea.config import apply_overrides, from_dict, get_recipe
-    from fovea.run import Run, read_run
-
-    load_tasks()
-    if getattr(args, "resume", None):
-        if args.recipe:
-            raise UsageError(f"give either a recipe or --resume RUN_DIR, not both (got {args.recipe!r})")
-        if args.name or args.runs_dir:
-            raise UsageError("--name and --runs-dir name a new run; --resume RUN_DIR continues the one in RUN_DIR")
-        doc = read_run(args.resume)
-        recipe = get_recipe(doc["recipe"])
-        cfg = apply_overrides(from_dict(type(recipe.config), doc["config"]), overrides)
-    else:
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> dict | None:
+    """``fovea train``: the recipe's fields with --help, else train and print the figures."""
+    if args.help:
         if not args.recipe:
-            raise UsageError("name a recipe to train, e.g. `fovea train cnn-digits` (`fovea recipes` lists them)")
-        recipe = get_recipe(args.recipe)
-        cfg = apply_overrides(recipe.config, overrides)
-    if distributed.launched() and not recipe.task.distributed:
-        raise UsageError(f"{recipe.name} does not train under torchrun: generative, classifier and detector recipes do "
-                         f"(agents scale with --num-envs on one process); train it without torchrun")  # fmt: skip
-    device = distributed.setup(args.device)  # under torchrun: join the process group, take this rank's device
-    opts = dict(device=device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,
-                nonfinite=args.on_nonfinite)
-    if getattr(args, "resume", None):
-        run = Run(recipe.name, cfg, run_dir=args.resume, resume=True, **opts)
-    elif distributed.active():  # rank 0 creates the run (its default name has the time in it); the others join it
-        runs_dir = args.runs_dir or "runs"
-        run = Run(recipe.name, cfg, name=args.name, runs_dir=runs_dir, **opts) if distributed.is_main() else None
-        name = distributed.broadcast(run.name if run else None)
-        run = run or Run(recipe.name, cfg, name=name, runs_dir=runs_dir, **opts)
-    else:
-        run = Run(recipe.name, cfg, name=args.name, runs_dir=args.runs_dir or "runs", **opts)
-    if distributed.active():
-        run.say(f"torchrun: {distributed.world_size()} processes, a global batch of {cfg.batch_size} split over them.")
-    start = time.perf_counter()
-    try:
-        with run:
-            run.say(f"Training {recipe.name} into {run.dir} on {run.device}.")
-            figures = recipe.task.train(cfg, run)
-            if run.state.get("skipped_updates"):
-                figures["skipped_updates"] = run.state["skipped_updates"]
-            figures["wall_s"] = round(time.perf_counter() - start, 2)
-            run.finish(figures)
-    except (FoveaError, ValueError):
-        if run.main and not run.resuming and run.untouched():  # e.g. a backbone that cannot take this data
-            shutil.rmtree(run.dir, ignore_errors=True)  # leave no folder
-        raise
-    figures = {"run": str(run.dir), **figures}
-    if run.main:
-        print_figures(f"{recipe.name}: {run.dir}", figures)
+            args.parser.print_help()
+            return None
+        from fovea.config import get_recipe
+
+        load_tasks()
+        recipe_help(get_recipe(args.recipe))
+        return None
+    return train(args, overrides)
+
+
+def train(args: argparse.Namespace, overrides: list[str]) -> dict:
+    """Train ``args.recipe`` (or continue ``args.resume``) with ``overrides`` (``--field VALUE`` words); print the
+    figures (rank 0 under torchrun) and return them with ``run``."""
+    from fovea import distributed
+    from fovea.config import apply_overrides
+
+    resume = getattr(args, "resume", None)
+    recipe, cfg = api.prepare(args.recipe, resume=resume, name=args.name, runs_dir=args.runs_dir)
+    result = api.fit(recipe, apply_overrides(cfg, overrides), resume=resume, name=args.name, runs_dir=args.runs_dir,
+                     wandb=args.wandb, device=args.device, project=args.project,
+                     keep_checkpoints=args.keep_checkpoints, on_nonfinite=args.on_nonfinite)  # fmt: skip
+    figures = {"run": str(result.run_dir), **result.figures}
+    if distributed.is_main():
+        print_figures(f"{recipe.name}: {result.run_dir}", figures)
     return figures
 
 
+def _at_least_1(**given: int | None) -> None:
+    for flag, v in given.items():
+        if v is not None and v < 1:
+            raise UsageError(f"{'-' if len(flag) == 1 else '--'}{flag} {v} must be at least 1")
 
-def cmd_eval(args: argparse.Namespace) -> dict:
+
+def _job(args: argparse.Namespace) -> dict:
+    return dict(device=args.device, wandb=args.wandb, project=args.project)
+
+
+def run_job(action: str, run_dir: str | Path, job: dict, **options: Any) -> dict:
+    """``api.evaluate`` (action ``eval``) or ``api.act`` on ``run_dir``; prints the figures and returns them."""
+    if action == "eval":
+        figures = api.evaluate(run_dir, **job, **options)
+    else:
+        figures = api.act(action, run_dir, **job, **options)
+    print_figures(f"{action} {figures['run']}", figures)
+    return figures
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
+    _at_least_1(episodes=args.episodes, samples=args.samples)
     given = {"episodes": args.episodes, "network": args.network, "video": args.video, "saliency": args.saliency,
              "classifier": args.classifier, "samples": args.samples}  # fmt: skip
-    options = {k: v for k, v in given.items() if v}
-    for flag in ("episodes", "samples"):
-        if given[flag] is not None and given[flag] < 1:
-            raise UsageError(f"--{flag} {given[flag]} must be at least 1")
-    return evaluate_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+    return run_job("eval", args.run_dir, _job(args), **{k: v for k, v in given.items() if v})
 
 
-def cmd_sample(args: argparse.Namespace) -> dict:
-    options = {"n": args.n, "output": args.output, "seed": args.seed, "temperature": args.temperature,
-               "interpolate": args.interpolate, "label": args.label}  # fmt: skip
-    return sample_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+def cmd_sample(args: argparse.Namespace, rest: list[str]) -> dict:
+    return run_job("sample", args.run_dir, _job(args), n=args.n, output=args.output, seed=args.seed,
+                temperature=args.temperature, interpolate=args.interpolate, label=args.label)  # fmt: skip
 
 
-def cmd_explain(args: argparse.Namespace) -> dict:
-    if args.n is not None and args.n < 1:
-        raise UsageError(f"-n {args.n} must be at least 1")
-    options = {"what": args.what, "output": args.output, "n": args.n, "seed": args.seed}
-    return explain_run(args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+def cmd_explain(args: argparse.Namespace, rest: list[str]) -> dict:
+    _at_least_1(n=args.n)
+    return run_job("explain", args.run_dir, _job(args), what=args.what, output=args.output, n=args.n, seed=args.seed)
 
 
-def cmd_detect(args: argparse.Namespace) -> dict:
+def cmd_detect(args: argparse.Namespace, rest: list[str]) -> dict:
     if not 0 <= args.threshold < 1:
         raise UsageError(f"--threshold {args.threshold} must be in [0, 1)")
-    options = {"images": args.images, "output": args.output, "threshold": args.threshold}
-    return act_on_run("detect", args.run_dir, options, device=args.device, wandb=args.wandb, project=args.project)
+    return run_job("detect", args.run_dir, _job(args), images=args.images, output=args.output,
+                threshold=args.threshold)  # fmt: skip
 
 
-def open_run(run_dir: str | Path, device: str, action: str):
-    """The recipe, config and read-only Run of ``run_dir``, for ``action`` (``evaluate``, ``sample``, ``explain``
-    or ``detect``)."""
-    from fovea.config import from_dict, get_recipe
-    from fovea.run import Run, read_run
+def cmd_demo(args: argparse.Namespace, rest: list[str]) -> None:
+    """``fovea demo``: a classifier, a generator, a detector and an agent on embedded data (fovea.demo)."""
+    from fovea import demo
 
-    load_tasks()
-    doc = read_run(run_dir)
-    recipe = get_recipe(doc["recipe"])
-    if getattr(recipe.task, action) is None:
-        why = {"evaluate": "has no evaluation", "sample": "is not a generative model: it has nothing to sample",
-               "explain": "has nothing to explain (explanations are for classifiers)",
-               "detect": "is not a detector (fovea detect is for detect-digits, ...)"}[action]  # fmt: skip
-        raise UsageError(f"recipe {recipe.name!r} {why}")
-    cfg = from_dict(type(recipe.config), doc["config"])
-    return recipe, cfg, Run(recipe.name, cfg, run_dir=run_dir, device=device, evaluate=True)
-
-
-def evaluate_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
-                 project: str = "fovea") -> dict:  # fmt: skip
-    recipe, cfg, run = open_run(run_dir, device, "evaluate")
-    accepted = inspect.signature(recipe.task.evaluate).parameters
-    unknown = [f"--{k}" for k in options if k not in accepted]
-    if unknown:
-        raise UsageError(f"{' and '.join(unknown)}: recipe {recipe.name!r} evaluates without such options")
-    run.attach_tracker(wandb, project)
-    with run:
-        figures = recipe.task.evaluate(cfg, run, **options)
-        figures = {"run": str(run.dir), "step": run.step, **figures}
-        run.finish(figures)
-    print_figures(f"eval {run.dir}", figures)
-    return figures
-
-
-def sample_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
-               project: str = "fovea") -> dict:  # fmt: skip
-    """``fovea sample``: a grid of a generative model's samples."""
-    return act_on_run("sample", run_dir, options, device=device, wandb=wandb, project=project)
-
-
-def explain_run(run_dir: str | Path, options: dict, *, device: str = "auto", wandb: str = "auto",
-                project: str = "fovea") -> dict:  # fmt: skip
-    """``fovea explain``: one picture of what a classifier learned (``options['what']``), as a PNG in the run
-    folder (or ``options['output']``) and on W&B, with the figures that describe it."""
-    return act_on_run("explain", run_dir, options, device=device, wandb=wandb, project=project)
-
-
-def act_on_run(action: str, run_dir: str | Path, options: dict, *, device: str, wandb: str, project: str) -> dict:
-    """Open ``run_dir`` read-only, call its task's ``action`` (sample, explain or detect) with its tracker attached,
-    print the figures."""
-    recipe, cfg, run = open_run(run_dir, device, action)
-    run.attach_tracker(wandb, project, job_type=action)
-    with run:
-        figures = getattr(recipe.task, action)(cfg, run, **options)
-    figures = {"run": str(run.dir), "step": run.step, **figures}
-    print_figures(f"{action} {run.dir}", figures)
-    return figures
-
-
-DEMO_VAE_EPOCHS = 40  # of vae-digits' 100: about 15 s, samples already clearly digits
-# of 4000 x 8 at batch 32; batch 16 doubles the steps for the same images: mAP@.5 0.65-0.75 over seeds 0-2, where
-# batch 32 reached 0.16-0.29
-DEMO_DETECTOR = ["--train-images", "1500", "--epochs", "3", "--batch-size", "16", "--eval-images", "200"]
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    """The three things Fovea is for, on embedded data, in about 90 s on 2 CPU cores: a CNN classifying the 8x8
-    digits, a VAE sampling new ones, a detector finding digits on canvases, then a DQN agent learning Catch
-    from pixels, recorded on video."""
-    base = args.name
-    args.recipe, args.resume = "cnn-digits", None
-    figures = train_recipe(args, [], demo=True)
-    run_dir = Path(figures["run"])
-    args.recipe, args.name = "vae-digits", f"{base}-vae" if base else None
-    vae = train_recipe(args, ["--epochs", str(DEMO_VAE_EPOCHS)], demo=True)
-    vae_dir = Path(vae["run"])
-    grid = sample_run(vae_dir, {"n": 64, "output": str(vae_dir / "samples" / "demo_grid.png")}, device=args.device,
-                      wandb=args.wandb, project=args.project)  # fmt: skip
-    args.recipe, args.name = "detect-digits", f"{base}-detector" if base else None
-    detector = train_recipe(args, DEMO_DETECTOR, demo=True)
-    detector_dir = Path(detector["run"])
-    detections = evaluate_run(detector_dir, {}, device=args.device, wandb=args.wandb, project=args.project)
-    args.recipe, args.name = "dqn-catch", f"{base}-agent" if base else None
-    agent = train_recipe(args, [], demo=True)
-    agent_dir = Path(agent["run"])
-    watched = evaluate_run(agent_dir, {"video": True}, device=args.device, wandb=args.wandb, project=args.project)
-    caught = (agent["eval/mean_return"] + 1) / 2  # +1 caught, -1 missed
-    seconds = figures["wall_s"] + vae["wall_s"] + detector["wall_s"] + agent["wall_s"]
-    err.print(f"\n[bold]Demo done[/bold] in {seconds:.0f} s of training.")
-    err.print(f"  classifier     {run_dir}/: test accuracy {figures['test/acc']:.1%} on the 8x8 digits")
-    err.print(f"  generator      {vae_dir}/: a VAE, {vae['val/nll_nats']:.1f} nats per validation image (IWAE)")
-    err.print(f"  sample grid    {grid['output']}")
-    err.print(f"  detector       {detector_dir}/: FCOS, mAP@.5 {detections['test/map_50']:.2f} and mAP@[.5:.95] "
-              f"{detections['test/map']:.2f} on canvases of 1-5 digits")
-    err.print(f"  detections     {detections['detections_png']}")
-    err.print(f"  agent          {agent_dir}/: catches the ball in {caught:.0%} of {agent['eval/episodes']} games")
-    err.print(f"  agent video    {watched['video']}")
-    from fovea.tracking import sync_glob
-
-    offline = [sync_glob(d) for d in (run_dir, vae_dir, detector_dir, agent_dir) if any(d.glob("wandb/offline-run-*"))]
-    if offline:  # every train, eval and sample of the demo is its own W&B run
-        err.print(f"  W&B (offline)  upload with: wandb sync {' '.join(offline)}")
-    err.print(f"  evaluate       fovea eval {run_dir}   |   fovea eval {vae_dir}   |   fovea eval {agent_dir} --video")
-    err.print(f"  sample more    fovea sample {vae_dir} -n 64 --seed 1   |   fovea sample {vae_dir} --interpolate")
-    err.print(f"  detect         fovea detect {detector_dir} YOUR.png -o detections/")
-    err.print(f"  train longer   fovea train --resume {run_dir} --epochs {figures['epochs'] + 20}")
+    demo.run(args)
 
 
 def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
@@ -441,9 +292,7 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
         raise UsageError("name a recipe to search, e.g. `fovea search softmax-digits --param lr=log:1e-4:1e-1`")
     if not args.param:
         raise UsageError("give at least one --param FIELD=KIND:RANGE, e.g. --param lr=log:1e-4:1e-1")
-    for flag in ("trials", "rounds"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} {getattr(args, flag)} must be at least 1")
+    _at_least_1(trials=args.trials, rounds=args.rounds)
     load_tasks()
     recipe = get_recipe(args.recipe)
     base = apply_overrides(recipe.config, overrides)
@@ -456,7 +305,7 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
         raise UsageError(f"--name {name!r} is not a valid search name: use letters, digits, '.', '_' and '-'")
     search_dir = runs_dir / name  # (an existing one is resumed by search(), when it is this same search)
     options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,
-                   nonfinite=args.on_nonfinite)
+                   nonfinite=args.on_nonfinite)  # fmt: skip
     result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.rank_by,
                     seed=args.search_seed, search_dir=search_dir, run_options=options, say=err.print)  # fmt: skip
     table = Table(title=f"search {recipe.name}: {search_dir} (ranked by {args.rank_by})", header_style="bold")
@@ -471,7 +320,7 @@ def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
     out.print(table)
     best = result["best"]
     out.print(f"best: {best['trial']} {args.rank_by} {best['metric']:.4f} with "
-              + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best["params"].items()))
+              + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best["params"].items()))  # fmt: skip
     trials = [{**r["params"], args.rank_by: r["metric"]} for r in result["trials"]]
     figures = {"search": str(search_dir), "rank_by": args.rank_by, "best_metric": best["metric"],
                "best_run": best["run"], "best_params": best["params"], "trials": trials}  # fmt: skip
@@ -507,6 +356,73 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- the table and main
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``fovea`` command: its handler ``run(args, rest)``, its help line, its own options, the shared option
+    groups it takes (``run``: training options; ``job``: a run folder's), and whether its first free word is a
+    recipe (the other free words then set config fields)."""
+
+    run: Callable[[argparse.Namespace, list[str]], Any]
+    help: str
+    options: Callable[[argparse.ArgumentParser], None] | None = None
+    shared: str | None = None
+    recipe: bool = False
+    parser: dict = field(default_factory=dict)  # usage, description, add_help for argparse
+
+
+# fmt: off
+COMMANDS = {
+    "recipes": Command(cmd_recipes, "list every recipe with a one-line description"),
+    "backbones": Command(cmd_backbones, "list the registered backbones and their options"),
+    "train": Command(cmd_train, "train a recipe: fovea train RECIPE [--field value ...]", _train_options, "run", True,
+                     {"usage": "fovea train RECIPE [--name NAME] [run options] [--field VALUE ...]  |  fovea train "
+                               "--resume RUN_DIR", "add_help": False}),
+    "eval": Command(cmd_eval, "evaluate a run's latest checkpoint: fovea eval runs/NAME", _eval_options, "job"),
+    "sample": Command(cmd_sample, "a PNG grid of a generative model's samples: fovea sample runs/NAME -n 64",
+                      _sample_options, "job"),
+    "explain": Command(cmd_explain, "a picture of what a classifier learned: fovea explain runs/NAME --what saliency",
+                       _explain_options, "job"),
+    "detect": Command(cmd_detect, "draw a detector's boxes on image files: fovea detect runs/NAME a.png -o out/",
+                      _detect_options, "job-quiet"),
+    "search": Command(cmd_search, "random hyperparameter search, coarse to fine: fovea search RECIPE --param "
+                      "lr=log:1e-4:1e-1 --trials 8", _search_options, "run", True, {
+        "usage": "fovea search RECIPE --param FIELD=KIND:RANGE [--param ...] [--trials N] [--rounds R] [--rank-by "
+                 "FIGURE] [--name NAME] [run options] [--field VALUE ...]",
+        "description": "Random search over the --param ranges (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, "
+                       "choice:A|B|C): a coarse round, then rounds narrowed around the best trial. Give a few --epochs "
+                       "per trial. Each trial is a run in runs/NAME/trial-NN/."}),
+    "sweep": Command(cmd_sweep, "a W&B sweep whose trials run on every machine with `wandb agent`: fovea sweep RECIPE "
+                     "--param lr=log:1e-5:1e-3 --method bayes", _sweep_options, None, True, {
+        "usage": "fovea sweep RECIPE --param FIELD=KIND:RANGE [--param ...] [--method random|grid|bayes] [--metric "
+                 "FIGURE] [--goal maximize|minimize] [--project P] [--name NAME] [-o sweep.yaml] [--device DEV] "
+                 "[--field VALUE ...]",
+        "description": "Write a W&B sweep configuration whose trials are `fovea train RECIPE [--field VALUE ...]` "
+                       "with the --param values (log:LO:HI, logint:LO:HI, uniform:LO:HI, int:LO:HI, choice:A|B|C), "
+                       "then print the commands that create it and start agents."}),
+    "demo": Command(cmd_demo, "about 90 s on embedded data: a digits CNN, a digits VAE and its samples, a digits "
+                    "detector, then a DQN agent on Catch pixels", shared="run"),
+}
+# fmt: on
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``fovea`` parser: one subparser per entry of ``COMMANDS``, with the shared option groups as parents."""
+    shared = {"run": run_options(), "job": job_options(), "job-quiet": job_options(wandb="disabled")}
+    p = _Parser(prog="fovea", description="Learning from pixels: train, evaluate and compare models.",
+                allow_abbrev=False)  # fmt: skip
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, c in COMMANDS.items():
+        parents = [shared[c.shared]] if c.shared else []
+        s = sub.add_parser(name, help=c.help, parents=parents, allow_abbrev=False, **c.parser)
+        if c.options:
+            c.options(s)
+        s.set_defaults(parser=s)
+    return p
+
+
 def _fail(message: str) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: rank 0 says it once
         err.print(f"[bold red]error:[/bold red] {message}")
@@ -514,6 +430,8 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``fovea``: parse ``argv`` (default: the command line), run the command; returns the exit status (0; 2 for a
+    user's mistake, printed as one line; 128 + the signal when stopped by one)."""
     argv = sys.argv[1:] if argv is None else argv
     p = parser()
     try:
@@ -523,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         p.print_help()
         return 0
-    if args.command in ("train", "search", "sweep"):  # the recipe comes first; the other non-option words set fields
+    command = COMMANDS[args.command]
+    if command.recipe:  # the recipe comes first; the other non-option words set fields
         args.recipe = rest.pop(0) if rest and not rest[0].startswith("-") else None
     elif rest:
         return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
@@ -531,36 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     from fovea.run import Interrupted
 
     try:
-        if args.command == "recipes":
-            load_tasks()
-            cmd_recipes()
-        elif args.command == "backbones":
-            cmd_backbones()
-        elif args.command == "train":
-            if args.help:
-                if not args.recipe:
-                    p._subparsers._group_actions[0].choices["train"].print_help()  # noqa: SLF001
-                    return 0
-                from fovea.config import get_recipe
-
-                load_tasks()
-                recipe_help(get_recipe(args.recipe))
-                return 0
-            train_recipe(args, rest)
-        elif args.command == "eval":
-            cmd_eval(args)
-        elif args.command == "sample":
-            cmd_sample(args)
-        elif args.command == "explain":
-            cmd_explain(args)
-        elif args.command == "detect":
-            cmd_detect(args)
-        elif args.command == "search":
-            cmd_search(args, rest)
-        elif args.command == "sweep":
-            cmd_sweep(args, rest)
-        elif args.command == "demo":
-            cmd_demo(args)
+        command.run(args, rest)
     except (FoveaError, backbones.BackboneError) as e:
         return _fail(str(e))
     except OSError as e:  # a full disk, a read-only or missing folder: say where

@@ -1,6 +1,6 @@
 """A Run owns the life of a training run: seeds, device, run folder, progress, metrics, checkpoints, resume.
 
-    with Run("cnn-digits", config) as run:
+    with Run.create("cnn-digits", config) as run:
         model = ...; optimizer = ...
         run.track(model=model, optimizer=optimizer)   # what a checkpoint holds
         run.restore()                                 # continue a resumed run where it stopped
@@ -126,7 +126,9 @@ def read_run(path: str | Path) -> dict[str, Any]:
 
 
 class Run:
-    """One training run (or, with ``evaluate=True``, read-only access to one for evaluation).
+    """One training run (or, with ``evaluate=True``, read-only access to one for evaluation). Make one with
+    ``Run.create`` (a new run), ``Run.resume`` (continue one) or ``Run.open`` (read one); the constructor takes
+    the arguments of all three.
 
     Args:
         recipe: the recipe name the config came from (recorded in config.json).
@@ -209,6 +211,25 @@ class Run:
         if not resume:  # a resume records its config, and starts W&B, once restore() has shown the checkpoint fits
             _write_json(self.dir / "config.json", self.meta)
             self._start_tracker()
+
+    @classmethod
+    def create(cls, recipe: str, config: Config, *, name: str | None = None, runs_dir: str | Path = "runs",
+               **options: Any) -> Run:  # fmt: skip
+        """A new run in ``runs_dir/name`` (default name ``<recipe>-<date>-<time>``): its folder and config.json are
+        written and its tracker started. ``options``: device, wandb, project, keep_checkpoints, nonfinite."""
+        return cls(recipe, config, name=name, runs_dir=runs_dir, **options)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, recipe: str, config: Config, **options: Any) -> Run:
+        """The run in ``run_dir``, to continue training: ``restore()`` loads its latest checkpoint, then records
+        ``config`` (which may carry new overrides) and starts the tracker. ``options`` as for ``create``."""
+        return cls(recipe, config, run_dir=run_dir, resume=True, **options)
+
+    @classmethod
+    def open(cls, run_dir: str | Path, recipe: str, config: Config, *, device: str = "auto") -> Run:
+        """Read-only access to the run in ``run_dir`` (evaluation, sampling, loading a model): no new folder, no
+        seeding, no tracker until ``attach_tracker``."""
+        return cls(recipe, config, run_dir=run_dir, device=device, evaluate=True)
 
     def _start_tracker(self) -> None:
         """Start W&B and metrics.jsonl: a new run at once, a resume once its checkpoint has loaded, an evaluation

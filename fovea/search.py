@@ -194,9 +194,9 @@ def _trial(recipe, base: Config, row: dict[str, Any], metric: str, search_dir: P
         raise UsageError(f"trial {name} with {' '.join(overrides)}: {e} (narrow that --param range)") from None
     with tracking.context(group=search_dir.name, job_type="search"):
         if (search_dir / name / "config.json").exists():  # stopped during this trial: go on from its checkpoint
-            run = Run(recipe.name, cfg, run_dir=search_dir / name, resume=True, **run_options)
+            run = Run.resume(search_dir / name, recipe.name, cfg, **run_options)
         else:
-            run = Run(recipe.name, cfg, name=name, runs_dir=search_dir, **run_options)
+            run = Run.create(recipe.name, cfg, name=name, runs_dir=search_dir, **run_options)
         try:
             with run:
                 figures = recipe.task.train(cfg, run)

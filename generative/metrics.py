@@ -85,7 +85,7 @@ class FeatureSpace:
             raise ConfigError(f"--classifier {run_dir} classifies {ccfg.dataset} images {data.shape} in "
                               f"0..{data.max_value}; the samples are {tuple(shape)} in 0..{max_value}")  # fmt: skip
         model = classify.build(ccfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(device)
-        crun = Run(doc["recipe"], ccfg, run_dir=run_dir, device=str(device), evaluate=True)
+        crun = Run.open(run_dir, doc["recipe"], ccfg, device=str(device))
         crun.track(best=model)  # the weights of the best validation accuracy, which its eval reports
         if not crun.restore(fallback={"best": "model"}):
             raise ConfigError(f"--classifier {run_dir} has no checkpoint; train it first")
@@ -127,7 +127,7 @@ def train_feature_classifier(runs_dir: Path, run: Run) -> Path:
     """Train the ``cnn-digits`` recipe into a new run in ``runs_dir`` (about 20 s on a CPU)."""
     recipe = get_recipe(FEATURE_RECIPE)
     run.say(f"No {FEATURE_RECIPE} run in {runs_dir} for Frechet distances: training one (seed 0, about 20 s).")
-    crun = Run(recipe.name, recipe.config, runs_dir=runs_dir, wandb="disabled", device=str(run.device))
+    crun = Run.create(recipe.name, recipe.config, runs_dir=runs_dir, wandb="disabled", device=str(run.device))
     with crun:
         crun.finish(recipe.task.train(recipe.config, crun))
     return crun.dir

@@ -172,7 +172,7 @@ def test_filters_of_colour_images_are_drawn_in_colour(channels, colour):
 
 
 def test_bad_input_gets_one_line_and_exit_code_2(in_tmp, capsys):
-    with Run("cnn-digits", classify.ClassifierConfig(epochs=1), name="empty", wandb="disabled"):
+    with Run.create("cnn-digits", classify.ClassifierConfig(epochs=1), name="empty", wandb="disabled"):
         pass  # a run folder with no checkpoint
     vae = in_tmp / "runs" / "vae"
     vae.mkdir()

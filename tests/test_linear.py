@@ -211,7 +211,7 @@ def test_fit_equals_a_run_of_the_same_config(in_tmp):
     splits = {s: vdata.load("digits", s) for s in vdata.SPLITS}
     seen = []
     fitted = linear.fit(cfg, splits["train"], splits["val"], log=lambda f, e: seen.append((e, f["val/acc"])))
-    with Run("svm-digits", cfg, name="same", wandb="disabled", device="cpu") as run:
+    with Run.create("svm-digits", cfg, name="same", wandb="disabled", device="cpu") as run:
         figures = linear.train(cfg, run)
     weights = final_weights(in_tmp / "runs/same")
     assert all(torch.equal(v, weights[k]) for k, v in fitted.state_dict().items())

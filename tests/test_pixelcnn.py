@@ -164,7 +164,7 @@ def test_pixelcnn_digits_meets_its_likelihood_band(seed, in_tmp, capsys):
     assert main(["train", "pixelcnn-digits", "--name", "p", "--seed", str(seed), "--wandb", "disabled"]) == 0
     capsys.readouterr()
     cfg = get_recipe("pixelcnn-digits").config
-    with Run("pixelcnn-digits", cfg, run_dir="runs/p", evaluate=True) as run:
+    with Run.open("runs/p", "pixelcnn-digits", cfg) as run:
         model, test = load_trained(cfg, run)
         figures = likelihood_figures(model, test, "test")
     assert len(test) == 447 and figures["test/nll_nats"] <= 85.0, figures

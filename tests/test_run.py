@@ -129,10 +129,10 @@ def test_sigterm_then_resume_equals_one_straight_run(in_tmp):
 
 def test_restore_refuses_another_models_checkpoint(in_tmp):
     cfg = ClassifierConfig(epochs=1, backbone={"name": "convnet", "options": {"widths": (4,)}})
-    with Run("cnn-digits", cfg, name="small", wandb="disabled") as run:
+    with Run.create("cnn-digits", cfg, name="small", wandb="disabled") as run:
         run.track(model=torch.nn.Linear(3, 2))
         run.save()
-    with Run("cnn-digits", cfg, run_dir="runs/small", resume=True, wandb="disabled") as run:
+    with Run.resume("runs/small", "cnn-digits", cfg, wandb="disabled") as run:
         run.track(model=torch.nn.Linear(5, 2))
         with pytest.raises(CheckpointError, match="does not fit this model"):
             run.restore()
@@ -172,9 +172,9 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(in_tmp, capsys,
 
 def test_resume_before_any_checkpoint_starts_over(in_tmp):
     cfg = ClassifierConfig(epochs=1)
-    with Run("cnn-digits", cfg, name="early", wandb="disabled") as run:
+    with Run.create("cnn-digits", cfg, name="early", wandb="disabled") as run:
         run.log({"train/loss": 1.0}, step=1)  # killed here, before a checkpoint
-    with Run("cnn-digits", cfg, run_dir="runs/early", resume=True, wandb="disabled") as run:
+    with Run.resume("runs/early", "cnn-digits", cfg, wandb="disabled") as run:
         run.track(model=torch.nn.Linear(2, 2))
         assert run.restore() is False and run.step == 0
         assert (in_tmp / "runs/early/metrics.jsonl").read_text() == ""  # no stale rows from the first attempt
@@ -188,7 +188,7 @@ def test_default_run_names_never_collide(in_tmp, monkeypatch):
 
     monkeypatch.setattr("fovea.run.datetime", Frozen)
     cfg = ClassifierConfig(epochs=1)
-    with Run("cnn-digits", cfg, wandb="disabled") as a, Run("cnn-digits", cfg, wandb="disabled") as b:
+    with Run.create("cnn-digits", cfg, wandb="disabled") as a, Run.create("cnn-digits", cfg, wandb="disabled") as b:
         assert (a.dir.name, b.dir.name) == ("cnn-digits-20260102-030405", "cnn-digits-20260102-030405-2")
 
 

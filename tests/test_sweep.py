@@ -119,7 +119,7 @@ def test_under_a_sweep_agent_the_run_is_the_trial(in_tmp, monkeypatch):
     cfg = get_recipe("softmax-digits").config
 
     def start(**kw) -> Run:
-        with Run("softmax-digits", cfg, wandb="disabled", **kw) as run:
+        with Run.create("softmax-digits", cfg, wandb="disabled", **kw) as run:
             return run
 
     run = start()
