@@ -1,5 +1,6 @@
-"""Detection data (vision/detection_data.py): the synthetic digits sets, VOC and COCO read from tiny trees written
-here in their own formats, the uniform ``load`` and the training augmentation."""
+"""Detection data (vision/detection_data.py and the modules it gathers): the synthetic digits sets, VOC and COCO
+read from tiny trees written here in their own formats (their difficult and crowd objects kept apart), the uniform
+``load`` and the training augmentation."""
 
 from __future__ import annotations
 
@@ -229,9 +230,12 @@ def test_voc_splits_classes_boxes_and_pixels(voc_root, monkeypatch):
     assert len(train) == 2 and train.shape == (3, 32, 32) and train.images.dtype == torch.uint8
     assert train.max_value == 255 and train.classes == ddata.VOC_CLASSES and len(train.classes) == 20
     assert train.classes[:2] == ("aeroplane", "bicycle") and train.classes[-1] == "tvmonitor"
-    # 100x50 -> 32x32: x * 0.32, y * 0.64; the difficult person is left out.
+    # 100x50 -> 32x32: x * 0.32, y * 0.64; the difficult person is kept apart, for evaluation to ignore.
     torch.testing.assert_close(train.boxes[0], torch.tensor([[3.2, 3.2, 19.2, 28.8], [16.0, 6.4, 32.0, 32.0]]))
     assert train.labels[0].tolist() == [ddata.VOC_CLASSES.index("dog"), ddata.VOC_CLASSES.index("car")]
+    torch.testing.assert_close(train.ignored_boxes[0], torch.tensor([[0.32, 0.64, 6.4, 12.8]]))
+    assert train.ignored_labels[0].tolist() == [ddata.VOC_CLASSES.index("person")]
+    assert train.ignored_boxes[1].shape == (0, 4) and train.ignored_labels[1].shape == (0,)
     # 40x80 -> 32x32: the 0.5 px wide monitor becomes 0.4 px wide and is dropped; the cat fills the image.
     torch.testing.assert_close(train.boxes[1], torch.tensor([[0.0, 0.0, 32.0, 32.0]]))
     assert train.labels[1].tolist() == [ddata.VOC_CLASSES.index("cat")]
@@ -240,6 +244,7 @@ def test_voc_splits_classes_boxes_and_pixels(voc_root, monkeypatch):
     assert (grey - 128).abs().max() <= 2 and torch.equal(grey[0], grey[1])  # a grey JPEG comes out as RGB
     val = ddata.load("voc", "val", size=32, data_dir=voc_root)
     assert len(val) == 1 and val.boxes[0].shape == (0, 4) and val.labels[0].shape == (0,)  # only a difficult bird
+    assert val.ignored_labels[0].tolist() == [ddata.VOC_CLASSES.index("bird")]
     monkeypatch.setenv("FOVEA_DATA", str(voc_root))  # data_dir None: $FOVEA_DATA
     test = ddata.load("voc", "test", size=16)
     assert len(test) == 2 and test.shape == (3, 16, 16) and test.boxes[0].shape == (0, 4)  # no objects at all
@@ -313,10 +318,12 @@ def test_coco_splits_classes_and_boxes(coco_root):
     assert (len(train), len(val), len(test)) == (11, 1, 2)
     assert train.classes == ("zebra", "apple") == test.classes  # category ids 3, 7 in id order -> labels 0, 1
     assert train.shape == (3, 32, 32) and train.images.dtype == torch.uint8 and train.max_value == 255
-    # image 3 (first by id) has no annotations; image 5 (20x10 -> 32x32: x * 1.6, y * 3.2) loses its crowd object.
+    # image 3 (first by id) has no annotations; image 5 (20x10 -> 32x32: x * 1.6, y * 3.2) keeps its crowd apart.
     assert train.boxes[0].shape == (0, 4) and train.labels[0].shape == (0,)
     torch.testing.assert_close(train.boxes[1], torch.tensor([[3.2, 3.2, 19.2, 16.0], [24.0, 16.0, 32.0, 32.0]]))
     assert train.labels[1].tolist() == [0, 1]
+    torch.testing.assert_close(train.ignored_boxes[1], torch.tensor([[0.0, 0.0, 32.0, 32.0]]))
+    assert train.ignored_labels[1].tolist() == [1] and sum(len(b) for b in train.ignored_boxes) == 1
     assert sum(len(b) for b in train.boxes) == 2
     # val: the last image of train2017 by id (100, 8x8 -> x4); test: val2017, image 1 (16x16 -> x2) then image 2.
     torch.testing.assert_close(val.boxes[0], torch.tensor([[4.0, 4.0, 20.0, 20.0]]))

@@ -23,8 +23,10 @@ def coco(
     """COCO 2017 as (N, 3, size, size) uint8 with its boxes: test = val2017, val / train = the end / rest of train2017.
 
     Read with torchvision's ``CocoDetection`` (pycocotools) and its transforms-v2 wrapper. Images go in image-id
-    order; val is the last min(5000, N // 10) of train2017's. Crowd objects are left out; labels are the
-    annotation file's categories in id order, numbered 0..K-1 (``classes`` holds their names).
+    order; val is the last min(5000, N // 10) of train2017's. Crowd objects (iscrowd 1) are kept as regions that
+    evaluation ignores (``ignored_boxes``), as COCOeval ignores them: training leaves them out, as torchvision's
+    detection references do. Labels are the annotation file's categories in id order, numbered 0..K-1
+    (``classes`` holds their names).
 
     Args:
         split: train, val or test.
@@ -64,13 +66,13 @@ def coco(
         positions = positions[:cut] if split == "train" else positions[cut:]
     positions = positions[:count]
 
-    def read(i: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def read(i: int) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         image_id = found.ids[positions[i]]
         try:
             image, target = wrapped[positions[i]]
             if "boxes" not in target:  # the wrapper's answer for an image without annotations
-                return image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-            keep = torch.tensor(target["iscrowd"]) == 0
+                return image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)
+            crowd = torch.tensor(target["iscrowd"]).reshape(-1) != 0
             labels = torch.tensor([label_of[c] for c in target["labels"].tolist()], dtype=torch.int64)
         except (OSError, SyntaxError) as e:  # PIL: a missing, truncated or foreign image
             path = images / found.coco.imgs[image_id]["file_name"]
@@ -80,7 +82,7 @@ def coco(
                 f"{annotations} holds a malformed annotation of image id {image_id} ({type(e).__name__}: {e}); "
                 "replace the file with the original"
             ) from None
-        return image, target["boxes"].as_subclass(torch.Tensor).float()[keep], labels[keep]
+        return image, target["boxes"].as_subclass(torch.Tensor).float(), labels, crowd
 
     names = tuple(str(found.coco.cats[c].get("name", c)) for c in ids)
     return collect(len(positions), size, read, names)

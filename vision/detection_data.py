@@ -7,8 +7,10 @@ vision/detect.py: classification + localisation, object detection).
 ``digits-locate``: the same with exactly one digit per canvas, for classification + localisation. Every digit of a
 split's canvases comes from that split of ``vision.data.digits``; the same arguments give bit-identical data.
 
-``voc``: Pascal VOC 2007 in torchvision's layout (``vision.detection_voc``), objects marked difficult left out.
-``coco``: COCO 2017 (``vision.detection_coco``), crowd objects left out. Neither is downloaded automatically.
+``voc``: Pascal VOC 2007 in torchvision's layout (``vision.detection_voc``); ``coco``: COCO 2017
+(``vision.detection_coco``). VOC's difficult objects and COCO's crowd regions are kept as regions that evaluation
+ignores (``DetectionData.ignored_boxes``: a detection on one is neither right nor wrong), and left out of training.
+Neither set is downloaded automatically.
 Both come as RGB resized (plainly, not keeping the aspect ratio) to size x size with their boxes, uint8 0..255,
 all held in memory: ``count`` caps the images read (COCO's train split at 64 px is 1.4 GB).
 

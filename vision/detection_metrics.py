@@ -34,11 +34,25 @@ def detect_all(model: nn.Module, images: torch.Tensor, score_threshold: float = 
 
 def mean_ap(predictions: list[dict], data: DetectionData) -> dict:
     """COCO mAP@[.5:.95], mAP@.5, mAP@.75 and AP per class of ``predictions`` against ``data``'s boxes, through
-    torchmetrics' MeanAveragePrecision (pycocotools backend)."""
+    torchmetrics' MeanAveragePrecision (pycocotools backend).
+
+    ``data``'s ignored regions (VOC's difficult objects, COCO's crowds) go in as crowd boxes (``iscrowd`` 1):
+    COCOeval matches a detection to one by the intersection over the detection's area, any number of detections
+    to the same crowd, and counts such a detection neither as a true nor as a false positive; the region is no
+    positive to find. For a VOC difficult object this ignores every detection the VOC devkit ignores (IoU >= t
+    implies intersection over the detection's area >= t) and also a smaller detection lying mostly inside it.
+    """
     from torchmetrics.detection import MeanAveragePrecision
 
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
-    targets = [{"boxes": b.cpu(), "labels": lab.cpu()} for b, lab in zip(data.boxes, data.labels, strict=True)]
+    targets = []
+    for i, (boxes, labels) in enumerate(zip(data.boxes, data.labels, strict=True)):
+        ignored_boxes, ignored_labels = data.ignored(i)
+        targets.append({
+            "boxes": torch.cat([boxes, ignored_boxes]).cpu(),  # (n + m, 4)
+            "labels": torch.cat([labels, ignored_labels]).cpu(),
+            "iscrowd": torch.cat([torch.zeros(len(labels)), torch.ones(len(ignored_labels))]).long(),
+        })  # fmt: skip
     metric.update(predictions, targets)
     res = metric.compute()
     per_class = dict(zip(res["classes"].flatten().tolist(), res["map_per_class"].flatten().tolist(), strict=True))

@@ -43,9 +43,10 @@ def voc(
 ) -> DetectionData:
     """Pascal VOC 2007's image set ``split`` (train, val or test) as (N, 3, size, size) uint8 with its boxes.
 
-    torchvision's ``VOCDetection`` finds the files; the XML is read here, because its transforms-v2 wrapper keeps
-    difficult objects, rounds coordinates to integers and fails on an image without objects. Coordinates are
-    used as the files give them (1-based, like torchvision). Objects marked difficult are left out.
+    torchvision's ``VOCDetection`` finds the files; the XML is read here, because its transforms-v2 wrapper loses
+    the difficult flag, rounds coordinates to integers and fails on an image without objects. Coordinates are
+    used as the files give them (1-based, like torchvision). Objects marked difficult are kept as regions that
+    evaluation ignores (``ignored_boxes``), as the VOC devkit ignores them: training leaves them out.
 
     Args:
         split: train, val or test: ImageSets/Main/{split}.txt.
@@ -72,24 +73,23 @@ def voc(
     found = VOCDetection(str(root), year="2007", image_set=split, download=False)
     n = len(found) if count is None else min(count, len(found))
 
-    def read(i: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        boxes, labels = _voc_objects(Path(found.annotations[i]))
-        return read_rgb(Path(found.images[i])), boxes, labels
+    def read(i: int) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return read_rgb(Path(found.images[i])), *_voc_objects(Path(found.annotations[i]))
 
     return collect(n, size, read, VOC_CLASSES)
 
 
-def _voc_objects(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (n, 4) float32 xyxy boxes and (n,) labels of the objects in a VOC XML file that are not difficult."""
+def _voc_objects(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (n, 4) float32 xyxy boxes, (n,) labels and (n,) bool difficult flags of the objects in a VOC XML file."""
     from torchvision.datasets import VOCDetection
 
     if not path.is_file():
         raise ConfigError(f"annotation {path} is missing: its image set lists {path.stem}; add it or unlist it")
     try:
         objects = VOCDetection.parse_voc_xml(ET.parse(path).getroot())["annotation"]["object"]
-        objects = [o for o in objects if str(o.get("difficult", "0")).strip() != "1"]
         boxes = [[float(o["bndbox"][k]) for k in ("xmin", "ymin", "xmax", "ymax")] for o in objects]
         names = [o["name"] for o in objects]
+        difficult = [str(o.get("difficult", "0")).strip() == "1" for o in objects]
     except (ET.ParseError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(
             f"{path} is not a readable VOC annotation ({type(e).__name__}: {e}); replace it with the original file"
@@ -98,4 +98,4 @@ def _voc_objects(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if unknown:
         raise ConfigError(f"{path} names class {unknown[0]!r}, not one of the 20 VOC classes: {', '.join(VOC_CLASSES)}")
     labels = torch.tensor([VOC_CLASSES.index(name) for name in names], dtype=torch.int64)
-    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels, torch.tensor(difficult, dtype=torch.bool)
