@@ -154,3 +154,55 @@ def test_sample_interpolation_has_its_own_file_and_o_writes_the_suffix_format(in
     assert main(["sample", "runs/v", "-n", "8", "-o", "grid.txt", "--wandb", "disabled"]) == 2
     err = capsys.readouterr().err
     assert "-o grid.txt: name a picture file ending in .png, .jpg" in err and "Traceback" not in err
+
+
+def test_fetch_artifact_downloads_a_run_folder_and_names_what_failed(in_tmp, monkeypatch):
+    import wandb
+
+    from fovea.errors import RunError
+    from fovea.run import read_run
+    from fovea.tracking import fetch_artifact
+
+    asked = []
+
+    class Artifact:  # what wandb.Api().artifact returns: a name with its version, and download(root)
+        name, version = "run-c-model:v3", "v3"
+
+        def download(self, root: str) -> str:
+            (Path(root) / "checkpoints/step_000000001").mkdir(parents=True)
+            (Path(root) / "checkpoints/step_000000001/state.json").write_text("{}")
+            (Path(root) / "config.json").write_text(json.dumps({"recipe": "dqn-catch", "config": {}}))
+            return root
+
+    class Api:
+        def artifact(self, ref: str, type: str) -> Artifact:
+            asked.append((ref, type))
+            if "missing" in ref:
+                raise ValueError("artifact 'missing' not found\nmore detail")
+            return Artifact()
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    folder = fetch_artifact("me/fovea/run-c-model")
+    assert asked[-1] == ("me/fovea/run-c-model:latest", "model") and folder == Path("runs/run-c-model-v3")
+    assert read_run(folder)["recipe"] == "dqn-catch"
+    assert fetch_artifact("me/fovea/run-c-model:best", root="here") == Path("here")
+    with pytest.raises(RunError, match="cannot fetch W&B artifact 'me/fovea/missing:latest' .*wandb login"):
+        fetch_artifact("me/fovea/missing")
+
+
+def test_summaries_leave_local_paths_out(in_tmp):
+    from fovea.tracking import public_figures
+
+    Path("runs/c/videos").mkdir(parents=True)
+    figures = {"run": "runs/c", "video": "runs/c/videos/play.mp4", "network": "final", "eval/mean_return": 0.5,
+               "rank_by": "val/acc"}  # fmt: skip
+    assert public_figures(figures) == {"network": "final", "eval/mean_return": 0.5, "rank_by": "val/acc"}
+
+
+@pytest.mark.slow
+def test_classifier_eval_logs_a_per_class_table_and_a_confusion_matrix_chart(in_tmp):
+    assert main(["train", "cnn-digits", "--name", "k", "--epochs", "1", "--wandb", "disabled", *TINY_CNN]) == 0
+    assert main(["eval", "runs/k", "--wandb", "offline"]) == 0
+    (ev,) = offline_runs(in_tmp / "runs/k")["eval"]
+    keys = {i.key or "/".join(i.nested_key) for h in of_type(ev, "history") for i in h.item}
+    assert "test/per_class/_type" in keys and any(k.startswith("test/confusion_matrix") for k in keys)
