@@ -3,4 +3,4 @@
 Importing the package registers its recipes (``dqn-cartpole``, ...).
 """
 
-from fovea.agents import a2c, dqn, ppo, reinforce  # noqa: F401
+from fovea.agents import a2c, classic, dqn, ppo, reinforce  # noqa: F401

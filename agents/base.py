@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -9,9 +10,11 @@ from typing import Literal
 import numpy as np
 from torch import nn
 
+from fovea import backbones
 from fovea.backbones.transfer import start_from
 from fovea.config import BackboneSpec, Config, param
 from fovea.envs import vector
+from fovea.envs.gymenv import EnvInfo
 from fovea.errors import ConfigError
 
 
@@ -20,7 +23,8 @@ class AgentConfig(Config):
     """Fields every agent has: the env, the budget, the trunk, evaluation and Atari options."""
 
     env: str = "cartpole"
-    """cartpole, catch, or an Atari game (pong, breakout, ...)."""
+    """cartpole, catch, an Atari game (pong, breakout, ...) or any registered gymnasium id with Discrete actions and
+    image or vector observations (Acrobot-v1, MountainCar-v0, ...)."""
     num_envs: int = param(1, ge=1)
     """Environments stepped together; actions for all of them come from one forward pass."""
     total_steps: int = param(50_000, ge=1)
@@ -28,7 +32,8 @@ class AgentConfig(Config):
     backbone: BackboneSpec = field(
         default_factory=lambda: BackboneSpec(name="mlp", options={"hidden": (64, 64), "activation": "tanh"})
     )
-    """Trunk of the network (SB3's MlpPolicy by default): --backbone nature-cnn for Atari."""
+    """Trunk of the network (SB3's MlpPolicy by default; on image observations the default becomes a CNN, see
+    ``choose_trunk``): --backbone nature-cnn for Atari."""
     backbone_from: str = ""
     """Start the trunk from the weights of another run's checkpoint: runs/NAME (the one part that fits, e.g. an
     autoencoder's encoder) or runs/NAME:PREFIX (that part, e.g. runs/a2c:net.trunk)."""
@@ -51,8 +56,6 @@ class AgentConfig(Config):
     """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
     eval_episodes: int = param(10, ge=0)
     """Episodes played by each evaluation and by `fovea eval` (0: no evaluation during training)."""
-    eval_video: Literal["auto", "on", "off"] = "auto"
-    """Film one more episode at each evaluation during training (runs/NAME/videos/, W&B): auto films Atari only."""
     seed: int = 0
     """Seeds every RNG and the envs."""
     checkpoint_every: int = param(10_000, ge=1)
@@ -64,13 +67,33 @@ class AgentConfig(Config):
     """torch.compile the network's forward, in place (checkpoints keep their keys); the first steps pay for it."""
 
     def validate(self) -> None:
-        vector.check_name(self.env)
+        self.backbone = choose_trunk(self, vector.describe(self.env))
         if self.freeze_backbone and not self.backbone_from:
             raise ConfigError("freeze_backbone = true needs --backbone-from runs/NAME (weights to freeze)")
 
     @property
     def atari(self) -> bool:
-        return self.env not in vector.CLASSIC
+        return vector.is_atari(self.env)
+
+
+def choose_trunk(cfg: AgentConfig, env: EnvInfo) -> BackboneSpec:
+    """The trunk for ``env``'s observations: ``cfg.backbone`` as given, except that the config's default (an MLP) on
+    images becomes a CNN (``image_trunk``); a backbone that takes images is refused on vector observations."""
+    f = next(f for f in dataclasses.fields(cfg) if f.name == "backbone")
+    default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    spec = cfg.backbone
+    if env.image and (spec.name, spec.options) == (default.name, default.options) and default.name == "mlp":
+        return image_trunk(env.shape)
+    if not env.image and backbones.entry(spec.name).kind == "image":
+        raise ConfigError(f"backbone = {spec.name!r} takes images; {cfg.env}'s observations are vectors of "
+                          f"{env.shape[0]} numbers: use --backbone mlp")  # fmt: skip
+    return spec
+
+
+def image_trunk(shape: tuple[int, ...]) -> BackboneSpec:
+    """A CNN for (C, H, W) images: the Nature DQN's trunk from 36x36 up (Atari's 84x84), below that the small
+    full-resolution ``catch_cnn`` (Catch, grid worlds)."""
+    return BackboneSpec(name="nature-cnn") if min(shape[1:]) >= 36 else catch_cnn()
 
 
 def make_env(cfg: AgentConfig, num_envs: int, seed: int, evaluation: bool = False):
