@@ -446,19 +446,23 @@ def main(argv: list[str] | None = None) -> int:
         args.recipe = rest.pop(0) if rest and not rest[0].startswith("-") else None
     elif rest:
         return _fail(f"unexpected arguments for `fovea {args.command}`: {' '.join(rest)}")
-    from fovea import backbones
-    from fovea.run import Interrupted
-
     try:
         command.run(args, rest)
-    except (FoveaError, backbones.BackboneError) as e:
+    except FoveaError as e:
         return _fail(str(e))
     except OSError as e:  # a full disk, a read-only or missing folder: say where
         where = f": {e.filename}" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return _fail(f"{e.strerror}{where}. The last complete checkpoint is intact; free space, then --resume.")
         return _fail(f"cannot write or read{where} ({e.strerror or e})")
-    except Interrupted as e:
+    except Exception as e:  # (their modules import torch: imported here, `fovea train --help` needs none)
+        from fovea.backbones import BackboneError
+        from fovea.run import Interrupted
+
+        if isinstance(e, BackboneError):
+            return _fail(str(e))
+        if not isinstance(e, Interrupted):
+            raise
         err.print(f"Stopped at step {e.step}. Resume with: fovea train --resume {e.run_dir}")
         return 128 + e.signum
     except KeyboardInterrupt:
@@ -468,7 +472,6 @@ def main(argv: list[str] | None = None) -> int:
         err.print("Interrupted before a checkpoint could be written; resume from the last one with --resume.")
         return 128 + signal.SIGINT
     finally:
-        from fovea import distributed
-
-        distributed.teardown()
+        if "fovea.distributed" in sys.modules:  # (a command that never imported it joined no process group)
+            sys.modules["fovea.distributed"].teardown()
     return 0
