@@ -382,9 +382,13 @@ def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples
 
     Returns ``best_epoch``; for a model with an ``nll``, ``test/nll_nats``, ``test/bits_per_dim`` and
     ``test/nll_kind``; and, when a classifier's feature space is at hand (``classifier``, or a
-    ``cnn-digits`` run found or trained beside the run for the digits), the quality of ``samples`` samples
-    in it: ``fid/test`` (Frechet distance to the test set), ``fid/real_vs_real`` (validation to test, for
-    scale), ``samples/scored`` and the class spread ``classes/*``.
+    ``cnn-digits`` run found or trained beside the run for the digits, refused below 97% test accuracy), the
+    quality of ``samples`` samples in it against the held-out images (val and test, never trained on), N a
+    side (``samples/per_draw``: the samples, at most half the held-out images) over ``samples/draws`` draws:
+    ``fid/test`` and ``kid/test`` (samples vs held-out images), ``fid/real_vs_real`` and ``kid/real_vs_real``
+    (held-out vs other held-out images, the same N: the figure real data would get), each with its ``_std``
+    over the draws; the class spread ``classes/*``; and the classifier's ``classifier`` (run folder),
+    ``classifier/weights``, ``classifier/sha256`` and ``classifier/test_acc`` (see ``metrics``).
     """
     from fovea.generative import metrics
 
@@ -397,7 +401,8 @@ def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples
     if features is not None:
         fake = sample_many(model, samples, torch.Generator().manual_seed(cfg.seed + 12345))
         val = load_split(cfg, "val", run).to(run.device)
-        figures.update(features.quality(fake, test, val))
+        held_out = torch.cat([val.images, test.images])
+        figures.update(features.quality(fake, held_out, test.classes, seed=cfg.seed))
     return figures
 
 
