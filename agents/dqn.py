@@ -3,7 +3,10 @@
 Mnih et al., "Human-level control through deep reinforcement learning", Nature 518 (2015); with the
 options of double DQN (van Hasselt et al., AAAI 2016), the dueling head (Wang et al., ICML 2016) and
 Polyak-averaged targets. The notes, chapter 14.4: a Q-network trained towards the Bellman target
-r + gamma * max_a' Q_target(s', a') on random minibatches from a replay memory.
+r + gamma * max_a' Q_target(s', a') on random minibatches from a replay memory. The data-efficient family of the
+Atari 100k benchmark is the same agent with more options (``DQNConfig``): n-step returns and prioritised replay
+(in ``FrameReplay``), a replay ratio of one update per agent step, DrQ's random shifts of the observations
+(``agents/augment.py``), and Dopamine's schedules; the recipes, with their sources, are in ``dqn_recipes.py``.
 
 The network is a registered backbone plus a linear (or dueling) head over the actions. The loop
 steps ``num_envs`` envs at once with batched epsilon-greedy actions, stores each transition in
@@ -20,24 +23,24 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fovea.agents import evaluation, watch
-from fovea.agents.base import AgentConfig, build_trunk, catch_cnn, make_env, pixel_scale
+from fovea.agents import augment, evaluation, watch
+from fovea.agents.base import build_trunk, make_env, pixel_scale
+from fovea.agents.dqn_config import DQNConfig
 from fovea.agents.evaluation import finish_training, load_network, play, return_figures
 from fovea.agents.fastpath import EnvStepper, FastPath, full_precision
 from fovea.agents.loop import Carry, clip_grads, crossed
 from fovea.agents.optim import make_optimizer
-from fovea.agents.replay import FrameReplay
-from fovea.config import BackboneSpec, param, register_recipe, register_task
-from fovea.errors import ConfigError
+from fovea.agents.replay import Batch, FrameReplay
+from fovea.config import register_task
 from fovea.run import Run
+
+__all__ = ["DQNConfig", "QNetwork", "build", "evaluate", "masked_mean", "td_loss", "td_target", "train", "update"]
 
 
 class QNetwork(nn.Module):
@@ -79,14 +82,20 @@ class QNetwork(nn.Module):
         return torch.where(explore, random, self(obs).argmax(1).cpu())
 
 
-def td_loss(q: torch.Tensor, y: torch.Tensor, kind: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+def td_loss(q: torch.Tensor, y: torch.Tensor, kind: str, mask: torch.Tensor | None = None,
+            weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Huber (``kind = "huber"``) or squared TD error, averaged over the batch, or with ``mask`` over the
-    transitions it keeps (the others weigh nothing, whatever their values); no host sync either way."""
+    transitions it keeps (the others weigh nothing, whatever their values); each error times its importance weight
+    when ``weights`` are given (prioritised replay); no host sync either way."""
     fn = F.smooth_l1_loss if kind == "huber" else F.mse_loss
-    if mask is None:
+    if mask is None and weights is None:
         return fn(q, y)
-    y = torch.where(mask, y, q.detach())  # a left-out error is exactly 0, with a 0 gradient, even from a NaN
-    return fn(q, y, reduction="sum") / mask.sum().clamp_min(1)
+    if mask is not None:
+        y = torch.where(mask, y, q.detach())  # a left-out error is exactly 0, with a 0 gradient, even from a NaN
+    errors = fn(q, y, reduction="none")
+    if weights is not None:
+        errors = errors * weights
+    return errors.sum() / (mask.sum().clamp_min(1) if mask is not None else q.shape[0])
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -97,79 +106,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def td_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor,
-              next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:  # fmt: skip
-    """r + gamma * (1 - terminated) * Q_target(s', a*), a* = argmax Q_target (DQN) or argmax Q_online (double)."""
+              next_q_online: torch.Tensor | None, gamma: float | torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """r + gamma * (1 - terminated) * Q_target(s', a*), a* = argmax Q_target (DQN) or argmax Q_online (double);
+    for n-step returns ``rewards`` are the discounted sums and ``gamma`` the (B,) gamma^m of each."""
     a_star = (next_q_online if next_q_online is not None else next_q_target).argmax(1, keepdim=True)
     return rewards + gamma * (1.0 - terminated) * next_q_target.gather(1, a_star).squeeze(1)
-
-
-@dataclass(kw_only=True)
-class DQNConfig(AgentConfig):
-    """DQN: defaults are RL Zoo's tuned CartPole-v1 settings (500 at 50k steps)."""
-
-    backbone: BackboneSpec = field(default_factory=lambda: BackboneSpec(name="mlp", options={"hidden": (256, 256)}))
-    """Trunk of the Q-network: --backbone nature-cnn for Atari."""
-    dueling: bool = False
-    """Dueling head (Wang et al. 2016)."""
-    double: bool = False
-    """Double DQN targets (van Hasselt et al. 2016)."""
-    buffer_size: int = param(100_000, ge=1)
-    """Transitions the replay holds."""
-    batch_size: int = param(64, ge=1)
-    """Transitions per gradient step."""
-    optimizer: Literal["adam", "rmsprop", "rmsprop-tf", "rmsprop-centered"] = "adam"
-    """adam; rmsprop (torch's: eps outside the root); rmsprop-tf (TensorFlow's: eps inside, average from 1);
-    rmsprop-centered (the Nature DQN's: centred, eps inside the root). agents/optim.py has the formulas."""
-    lr: float = param(2.3e-3, gt=0)
-    """Learning rate."""
-    optimizer_eps: float = param(1e-8, gt=0)
-    """Adam / RMSprop epsilon (1.5e-4 in Rainbow-style Adam, 0.01 in the Nature RMSprop)."""
-    rmsprop_alpha: float = param(0.99, ge=0, lt=1)
-    """RMSprop's decay of its running averages (0.95 in the Nature DQN)."""
-    learning_starts: int = param(1000, ge=0)
-    """Agent steps of experience before learning starts."""
-    train_every: int = param(256, ge=1)
-    """Agent steps between training phases."""
-    gradient_steps: int = param(128, ge=1)
-    """Gradient steps per training phase: the replay ratio is gradient_steps / train_every."""
-    target_update_every: int = param(10, ge=1)
-    """Agent steps between target-network updates."""
-    tau: float = param(1.0, gt=0, le=1)
-    """Target update: 1 copies the weights (hard), less mixes them in (Polyak)."""
-    eps_start: float = param(1.0, ge=0, le=1)
-    """Exploration epsilon at the start."""
-    eps_end: float = param(0.04, ge=0, le=1)
-    """Exploration epsilon at the end of the schedule."""
-    eps_fraction: float = param(0.16, gt=0, le=1)
-    """Fraction of total_steps over which epsilon falls linearly."""
-    loss: Literal["huber", "mse"] = "huber"
-    """TD loss: Huber (smooth L1, as in the Nature paper's error clipping) or squared error."""
-    eval_epsilon: float = param(0.0, ge=0, le=1)
-    """Epsilon during evaluation (0.05 in the Nature protocol)."""
-    save_replay: bool = False
-    """Put the replay buffer in checkpoints, for an exact resume (large for Atari)."""
-    async_env: Literal["auto", "on", "off"] = "auto"
-    """Issue the next env step before the gradient update and collect it after, so the envs step while the
-    network learns (acting then uses the weights from before that update): auto is on for Atari on CUDA, where
-    ale-py's C++ envs step in threads of their own; off keeps the strict act, step, learn order."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(
-                f"DQNConfig.batch_size = {self.batch_size} is larger than buffer_size = {self.buffer_size}"
-            )
-        if self.buffer_size // self.num_envs < 8:
-            raise ConfigError(f"DQNConfig.buffer_size = {self.buffer_size} is too small for num_envs = {self.num_envs}")
-
-    def overlaps_env(self, device: torch.device | str) -> bool:
-        """Whether ``async_env`` steps the envs during the update on ``device``."""
-        auto = self.atari and torch.device(device).type == "cuda"
-        return self.async_env == "on" or (self.async_env == "auto" and auto)
-
-    def epsilon(self, agent_steps: int) -> float:
-        frac = min(1.0, agent_steps / (self.eps_fraction * self.total_steps))
-        return self.eps_start + frac * (self.eps_end - self.eps_start)
 
 
 def build(cfg: DQNConfig, env) -> QNetwork:
@@ -192,7 +133,8 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     frame_shape = space.shape[1:] if stack > 1 else space.shape
     dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
     replay = FrameReplay(cfg.buffer_size, cfg.num_envs, frame_shape, stack=stack, dtype=dtype, device=run.device,
-                         sync_free=fast.sync_free)  # fmt: skip
+                         sync_free=fast.sync_free, n_step=cfg.n_step, gamma=cfg.gamma, prioritized=cfg.prioritized,
+                         alpha=cfg.priority_alpha)  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed)  # acting, and sampling on the CPU
     run.track(qnet=qnet, target=target, best=best, optimizer=optimizer, generator=gen)
     sample_gen = gen
@@ -249,7 +191,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
             continue
         phases = steps // cfg.train_every - (steps - cfg.num_envs) // cfg.train_every
         for _ in range(phases * cfg.gradient_steps):
-            out = update(cfg, qnet, target, optimizer, replay, sample_gen, fast, skip=run.skip_step)
+            out = update(cfg, qnet, target, optimizer, replay, sample_gen, fast, skip=run.skip_step, steps=steps)
             updates += 1
             run.state["updates"] = updates
             if out is not None and updates % 100 == 0:
@@ -263,21 +205,40 @@ def train(cfg: DQNConfig, run: Run) -> dict:
     return finish_training(cfg, run, qnet, best, run.step * cfg.num_envs, evaluate)
 
 
+def augmented(cfg: DQNConfig, b: Batch, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's observations and next observations, each image shifted by its own draw (and its intensity
+    scaled) when ``cfg.augment`` asks, as Dopamine's DrQ does for both (two independent draws)."""
+    obs, next_obs = b.obs, b.next_obs
+    if cfg.augment == "none":
+        return obs, next_obs
+    obs, next_obs = augment.random_shift(obs, 4, gen), augment.random_shift(next_obs, 4, gen)
+    if cfg.augment == "shift-intensity":
+        obs, next_obs = augment.intensity(obs, generator=gen), augment.intensity(next_obs, generator=gen)
+    return obs, next_obs
+
+
 def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: FrameReplay, gen,
-           fast: FastPath | None = None, skip=None) -> dict | None:  # fmt: skip
+           fast: FastPath | None = None, skip=None, steps: int = 0) -> dict | None:  # fmt: skip
     """One gradient step on a sampled minibatch; returns the loss and mean Q(s, a) as tensors (no host sync
     on CUDA, where the replay samples on the device). The forward passes run under ``fast.autocast()``; the
     Q-values come out of the head in fp32, so the TD target and the loss are fp32. ``skip`` (``Run.skip_step``)
-    can leave out an update whose loss or gradient is not finite: then nothing changes and it returns None."""
+    can leave out an update whose loss or gradient is not finite: then nothing changes and it returns None.
+    With prioritised replay, ``steps`` (agent steps so far) sets the importance-weight exponent, and the sampled
+    transitions' priorities become their new |TD errors|."""
     fast = fast or FastPath(replay.device)
-    b = replay.sample(cfg.batch_size, gen)
+    b = replay.sample(cfg.batch_size, gen, beta=cfg.priority_beta_at(steps))
+    obs, next_obs = augmented(cfg, b, gen)
     with torch.no_grad(), fast.autocast():
-        next_q = target(b.next_obs)
-        next_online = qnet(b.next_obs) if cfg.double else None
-    y = td_target(b.rewards, b.terminated, next_q, next_online, cfg.gamma)
+        if cfg.target_is_online:  # the target is the online network's copy: one forward pass serves both
+            next_q = qnet(next_obs)
+            next_online = next_q if cfg.double else None
+        else:
+            next_q = target(next_obs)
+            next_online = qnet(next_obs) if cfg.double else None
+    y = td_target(b.rewards, b.terminated, next_q, next_online, b.discount if b.discount is not None else cfg.gamma)
     with fast.autocast():
-        q = qnet(b.obs).gather(1, b.actions[:, None]).squeeze(1)
-    loss = td_loss(q, y, cfg.loss, b.mask)
+        q = qnet(obs).gather(1, b.actions[:, None]).squeeze(1)
+    loss = td_loss(q, y, cfg.loss, b.mask, b.weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if skip is not None and skip(loss, qnet.parameters()):
@@ -285,6 +246,8 @@ def update(cfg: DQNConfig, qnet: QNetwork, target: QNetwork, optimizer, replay: 
         return None
     clip_grads(qnet, cfg.max_grad_norm)
     optimizer.step()
+    if b.index is not None:
+        replay.update_priorities(b.index, y - q.detach(), b.mask)
     return {"loss": loss.detach(), "q": masked_mean(q.detach(), b.mask)}
 
 
@@ -331,72 +294,5 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, network: 
 
 
 register_task(DQNConfig, train, evaluate)
-register_recipe("dqn-cartpole", DQNConfig(), "DQN on CartPole-v1 with RL Zoo's tuned settings: 500 within 50k steps")
-register_recipe(
-    "dqn-catch",
-    DQNConfig(
-        env="catch",
-        backbone=catch_cnn(),
-        num_envs=4,
-        total_steps=20_000,
-        buffer_size=20_000,
-        learning_starts=1000,
-        train_every=4,
-        gradient_steps=1,
-        target_update_every=250,
-        lr=1e-3,
-        eps_end=0.05,
-        eps_fraction=0.5,
-        eval_episodes=100,
-        checkpoint_every=1000,
-    ),
-    "DQN with a small CNN on the 10x5 Catch pixels: catches the ball in >90% of episodes within 20k steps",
-)
-# CleanRL's dqn_atari.py / RL Zoo: Adam 1e-4, batch 32, train every 4 steps, target every 1,000, epsilon 1 -> 0.01
-# over 10% of 10M steps, a 1M-transition replay, rewards clipped for learning, the NoFrameskip-v4 envs (no sticky
-# actions).
-_ATARI = dict(
-    sticky=0.0,
-    backbone=BackboneSpec(name="nature-cnn"),
-    total_steps=10_000_000,
-    buffer_size=1_000_000,
-    batch_size=32,
-    lr=1e-4,
-    learning_starts=80_000,
-    train_every=4,
-    gradient_steps=1,
-    target_update_every=1000,
-    eps_end=0.01,
-    eps_fraction=0.1,
-    clip_rewards=True,
-    eval_epsilon=0.05,
-    eval_episodes=30,
-    eval_every=500_000,
-    checkpoint_every=100_000,
-)
-# Mnih et al. (2015), Extended Data Table 1: their centred RMSprop (lr 2.5e-4, gradient and squared-gradient momentum
-# 0.95, min squared gradient 0.01 inside the root), target every 10k updates (40k steps), epsilon 1 -> 0.1 over 1M
-# steps, learning after 50k steps, no sticky actions.
-_NATURE = {
-    **_ATARI,
-    "optimizer": "rmsprop-centered",
-    "lr": 2.5e-4,
-    "optimizer_eps": 0.01,
-    "rmsprop_alpha": 0.95,
-    "learning_starts": 50_000,
-    "target_update_every": 40_000,
-    "eps_end": 0.1,
-    "eps_fraction": 0.1,
-    "max_grad_norm": 0.0,
-}
-for _game in ("pong", "breakout"):
-    register_recipe(
-        f"dqn-{_game}",
-        DQNConfig(env=_game, **_ATARI),
-        f"DQN on Atari {_game.capitalize()} with the CleanRL / RL Zoo settings (10M steps)",
-    )
-    register_recipe(
-        f"dqn-nature-{_game}",
-        DQNConfig(env=_game, **_NATURE),
-        f"DQN on Atari {_game.capitalize()} with the Nature paper's settings (Mnih et al. 2015)",
-    )
+
+from fovea.agents import dqn_recipes  # noqa: E402, F401  (registers the recipes; it needs the task registered)

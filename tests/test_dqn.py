@@ -222,3 +222,79 @@ def test_a_compiled_bf16_run_learns_checkpoints_and_resumes(in_tmp, capsys):
     out = capsys.readouterr()
     assert "from step_000000150 (step 150)" in out.err
     assert json.loads(out.out.strip().splitlines()[-1])["agent_steps"] == 800
+
+
+# The data-efficient options: n-step, prioritised replay, DrQ's augmentation, Dopamine's schedules, DrQ(epsilon)
+
+
+def test_dopamine_epsilon_schedule():
+    cfg = DQNConfig(env="pong", total_steps=100_000, learning_starts=1600, eps_decay_steps=5000, eps_end=0.01)
+
+    def dopamine(step, decay=5000, warmup=1600, eps=0.01):  # dqn_agent.linearly_decaying_epsilon
+        bonus = (1.0 - eps) * (decay + warmup - step) / decay
+        return eps + min(max(bonus, 0.0), 1.0 - eps)
+
+    for step in (0, 1600, 2000, 4100, 6599, 6600, 50_000):
+        assert cfg.epsilon(step) == pytest.approx(dopamine(step)), step
+
+
+def test_drq100k_has_the_published_settings():
+    from fovea.config import recipes
+
+    cfg = recipes()["drq100k"].config
+    assert (cfg.n_step, cfg.gamma, cfg.learning_starts, cfg.train_every, cfg.gradient_steps) == (10, 0.99, 1600, 1, 1)
+    assert (cfg.lr, cfg.optimizer_eps, cfg.batch_size, cfg.dueling, cfg.double) == (1e-4, 1.5e-4, 32, True, True)
+    assert (cfg.eps_end, cfg.eps_decay_steps, cfg.eval_epsilon, cfg.eval_episodes) == (0.01, 5000, 0.001, 100)
+    assert cfg.sticky == 0 and cfg.total_steps == 100_000 and cfg.augment == "shift-intensity" and not cfg.prioritized
+    assert cfg.target_is_online and not DQNConfig().target_is_online
+    with pytest.raises(ConfigError, match="augment = 'shift' shifts images"):
+        DQNConfig(augment="shift")
+    with pytest.raises(ConfigError, match="too small for n_step = 20"):
+        DQNConfig(env="pong", buffer_size=100, num_envs=4, batch_size=8, n_step=20)
+
+
+def test_importance_weighted_td_loss():
+    q, y = torch.randn(6, requires_grad=True), torch.randn(6)
+    w = torch.tensor([1.0, 0.5, 0.25, 1.0, 0.0, 0.75])
+    for kind, fn in (("huber", torch.nn.functional.smooth_l1_loss), ("mse", torch.nn.functional.mse_loss)):
+        torch.testing.assert_close(td_loss(q, y, kind, weights=w), (w * fn(q, y, reduction="none")).mean())
+        mask = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
+        want = (w * fn(q, y, reduction="none"))[mask].sum() / 5
+        torch.testing.assert_close(td_loss(q, torch.where(mask, y, torch.nan), kind, mask, w), want)
+
+
+def _data_efficient(target_update_every: int) -> DQNConfig:
+    return DQNConfig(env="catch", backbone=catch_cnn(), num_envs=1, buffer_size=1000, batch_size=16, double=True,
+                     dueling=True, n_step=3, prioritized=True, augment="shift", train_every=1, gradient_steps=1,
+                     target_update_every=target_update_every, max_grad_norm=0.0)  # fmt: skip
+
+
+def test_a_data_efficient_update_with_the_online_network_as_target_equals_one_with_a_copy():
+    """target_is_online saves a forward pass and changes nothing: the same update as with a separate, equal target."""
+    shared, copied = _data_efficient(1), _data_efficient(2)
+    assert shared.target_is_online and not copied.target_is_online
+    after, priorities = [], []
+    for cfg in (shared, copied):
+        qnet, target, _ = _filled(cfg, sync_free=False)
+        target.load_state_dict(qnet.state_dict())
+        env = make_env(cfg, 1, 0)
+        replay = FrameReplay(1000, 1, env.single_observation_space.shape, stack=1, n_step=3, prioritized=True)
+        obs = env.reset()
+        replay.start(obs)
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            actions = rng.integers(0, env.num_actions, 1)
+            obs, reward, term, _, info = env.step(actions)
+            replay.add(actions, reward, term, obs, info["reset"])
+        before = replay.tree.nodes.clone()
+        optimizer = torch.optim.Adam(qnet.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):  # each update followed by the copy the loop makes (target_update_every = 1)
+            assert torch.isfinite(dqn.update(cfg, qnet, target, optimizer, replay, gen, steps=100)["loss"])
+            dqn.update_target(qnet, target, 1.0)
+        assert not torch.equal(before, replay.tree.nodes)  # the sampled transitions' priorities followed their errors
+        after.append([p.detach().clone() for p in qnet.parameters()])
+        priorities.append(replay.tree.nodes)
+    for a, b in zip(*after, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.equal(*priorities)
