@@ -25,6 +25,7 @@ import math
 import netrc
 import os
 import re
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,8 @@ from PIL import Image
 
 Mode = Literal["auto", "online", "offline", "disabled"]
 MODES = ("auto", "online", "offline", "disabled")
+ARTIFACT_EVERY_S = 300.0  # the least time between two model artifact versions (FOVEA_ARTIFACT_EVERY_S)
+ARTIFACT_MAX_MB = 1000.0  # larger checkpoints (replay buffers) are not logged as artifacts (FOVEA_ARTIFACT_MAX_MB)
 _CONTEXT: dict[str, str] = {}  # group / job_type for the runs started inside ``context`` (a search's trials)
 
 
@@ -156,7 +159,9 @@ class Tracker:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._file = open(self.metrics_path, "a")  # noqa: SIM115  (closed in finish)
         self.mode = resolve_mode(mode)
-        self._best_marker: str | None = None  # the run's best_* state when the model artifact was last logged
+        self._best_marker: str | None = None  # the run's best_* state at the last checkpoint
+        self._pending: tuple | None = None  # the newest checkpoint not yet logged as an artifact
+        self._logged_at, self._told_size = -math.inf, False
         self.wb = None
         if self.mode != "disabled":
             init = dict(project=project, name=name, id=run_id, config=config, job_type=job_type, group=group,
@@ -274,21 +279,38 @@ class Tracker:
     def log_checkpoint(self, path: Path, *, step: int, best_marker: str | None, metadata: dict | None = None) -> None:
         """Log the checkpoint folder ``path`` with the run's config.json as a new version of the model Artifact
         ``run-NAME-model`` (aliases ``latest``, ``step-N``, and ``best`` when ``best_marker``, the run's best_*
-        state, changed since the last version). The files are copied into W&B's staging area once, here, so
-        pruning the checkpoint later does not lose them."""
+        state, changed since the last version). The files are copied into W&B's staging area (about 13 ms a MB on
+        2 cores), so pruning the checkpoint later loses nothing; to keep that small, a checkpoint within
+        ARTIFACT_EVERY_S seconds of the last version waits, and ``finish`` logs the newest one that waited."""
         if self.wb is None:
+            return
+        best = best_marker is not None and best_marker != self._best_marker
+        self._pending = (path, step, best or bool(self._pending and self._pending[2]), metadata or {})
+        self._best_marker = best_marker
+        if time.monotonic() - self._logged_at >= float(os.environ.get("FOVEA_ARTIFACT_EVERY_S", ARTIFACT_EVERY_S)):
+            self._log_pending()
+
+    def _log_pending(self) -> None:
+        """Log the checkpoint ``log_checkpoint`` last saw, if it has not been logged (and still exists)."""
+        if self.wb is None or self._pending is None or not self._pending[0].is_dir():
             return
         import wandb
 
+        path, step, best, metadata = self._pending
+        self._pending, self._logged_at = None, time.monotonic()
+        size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+        limit = float(os.environ.get("FOVEA_ARTIFACT_MAX_MB", ARTIFACT_MAX_MB))
+        if size > limit:
+            if not self._told_size:
+                self.say(f"W&B: checkpoints of {size:.0f} MB (a replay buffer?) are not logged as artifacts, over "
+                         f"FOVEA_ARTIFACT_MAX_MB={limit:g}; the run folder holds them.")  # fmt: skip
+                self._told_size = True
+            return
         try:
-            art = wandb.Artifact(artifact_name(self.name), type="model", metadata={"step": step, **(metadata or {})})
+            art = wandb.Artifact(artifact_name(self.name), type="model", metadata={"step": step, **metadata})
             art.add_file(str(self.run_dir / "config.json"), name="config.json")
             art.add_dir(str(path), name=f"checkpoints/{path.name}")
-            aliases = ["latest", f"step-{step}"]
-            if best_marker is not None and best_marker != self._best_marker:
-                aliases.append("best")
-            self.wb.log_artifact(art, aliases=aliases)
-            self._best_marker = best_marker
+            self.wb.log_artifact(art, aliases=["latest", f"step-{step}", *(["best"] if best else [])])
         except Exception as e:  # noqa: BLE001 - the checkpoint is on disk whatever W&B does
             self.say(f"W&B: could not log {path.name} as an artifact ({type(e).__name__}: {str(e)[:200]}).")
 
@@ -323,7 +345,9 @@ class Tracker:
                 self.wb.summary.update(public_figures(figures))
 
     def finish(self) -> None:
+        """Log the newest checkpoint that waited, close metrics.jsonl and the W&B run."""
         self._file.close()
+        self._log_pending()
         if self.wb is not None:
             with contextlib.suppress(Exception):
                 self.wb.finish()

@@ -70,6 +70,8 @@ def test_training_run_holds_model_artifacts_with_latest_and_best(agent):
     assert any(f.startswith("checkpoints/step_") and f.endswith("tensors.safetensors") for f in files)
     aliases = [set(a.aliases) for a in arts]
     assert all("latest" in a for a in aliases) and any("best" in a for a in aliases)
+    # the first checkpoint at once, then at most one version per FOVEA_ARTIFACT_EVERY_S; the final one at the end
+    assert len(arts) == 2 and any(f.startswith("checkpoints/step_000000100/") for f in files)
 
 
 @slow
