@@ -97,3 +97,29 @@ def test_demo_trains_a_classifier_a_vae_a_detector_and_an_agent_and_leaves_pictu
     videos = list((in_tmp / "runs/d-agent/videos").glob("play-*.mp4"))
     assert len(videos) == 1 and f"agent video    {videos[0].relative_to(in_tmp)}" in err
     assert "wandb sync runs/d-agent/wandb/offline-run-" in err
+
+
+def test_evaluations_during_training_film_atari_by_default_and_never_stop_training(monkeypatch):
+    from fovea.agents import evaluation, watch
+    from fovea.config import get_recipe
+
+    assert evaluation.films(get_recipe("dqn-pong").config)  # (fovea.agents, imported above, registered them)
+    assert not evaluation.films(get_recipe("dqn-catch").config)
+    assert not evaluation.films(get_recipe("dqn-cartpole").config)
+    said = []
+
+    class Run:
+        config = get_recipe("dqn-catch").config
+
+        def say(self, message: str) -> None:
+            said.append(message)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(watch, "record", broken)
+    monkeypatch.setattr(evaluation, "_play", lambda *a, **k: np.ones(2))
+    evaluation._FILM[:] = [(Run(), 200)]
+    assert evaluation.play(Run.config, lambda obs, starts: obs, 2, seed=0).tolist() == [1.0, 1.0]
+    assert said == ["step 200: no evaluation video (RuntimeError: no display); training goes on"]
+    assert not evaluation._FILM  # one video per evaluation
