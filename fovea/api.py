@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 import shutil
 import time
 from functools import cached_property
@@ -242,3 +243,41 @@ def act(action: str, run_dir: str | Path, *, device: str = "auto", wandb: str = 
     with run:
         figures = getattr(recipe.task, action)(cfg, run, **options)
     return {"run": str(run.dir), "step": run.step, **figures}
+
+
+def search(recipe: str, params: list[str], *, config=None, trials: int = 8, rounds: int = 2, rank_by: str = "val/acc",
+           seed: int = 0, name: str | None = None, runs_dir: str | Path | None = None, device: str = "auto",
+           wandb: str = "auto", project: str = "fovea", keep_checkpoints: int = 3, on_nonfinite: str = "stop",
+           say=print, **overrides: Any) -> dict:  # fmt: skip
+    """``fovea search``: random search over ``params`` (``"lr=log:1e-4:1e-1"``, see fovea.search.Param) from
+    ``config`` (default: the recipe's) with ``overrides``, ``rounds`` rounds of ``trials`` trials, ranked by the
+    figure ``rank_by``, in ``runs_dir/name`` (a stopped search there resumes). Every field and range is checked
+    before any training. Returns fovea.search.search's table of trials and best, with ``search`` (the folder) and
+    ``fields`` (the searched fields)."""
+    import random
+
+    from fovea import search as searching
+    from fovea.config import apply_overrides, get_recipe
+
+    if not recipe:
+        raise UsageError("name a recipe to search, e.g. `fovea search softmax-digits --param lr=log:1e-4:1e-1`")
+    if not params:
+        raise UsageError("give at least one --param FIELD=KIND:RANGE, e.g. --param lr=log:1e-4:1e-1")
+    for flag, v in (("trials", trials), ("rounds", rounds)):
+        if v < 1:
+            raise UsageError(f"--{flag} {v} must be at least 1")
+    load_tasks()
+    rec = get_recipe(recipe)
+    base = with_values(config or rec.config, overrides)
+    parsed = [searching.Param.parse(spec) for spec in params]
+    for p in parsed:  # a field that does not exist, or a value it cannot take, fails here, before any training
+        apply_overrides(base, [f"--{p.field}", str(p.sample(random.Random(0)))])
+    name = name or f"search-{rec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", name):
+        raise UsageError(f"--name {name!r} is not a valid search name: use letters, digits, '.', '_' and '-'")
+    search_dir = Path(runs_dir or "runs") / name  # (an existing one is resumed, when it is this same search)
+    options = dict(device=device, wandb=wandb, project=project, keep_checkpoints=keep_checkpoints,
+                   nonfinite=on_nonfinite)  # fmt: skip
+    result = searching.search(rec, base, parsed, trials=trials, rounds=rounds, metric=rank_by, seed=seed,
+                              search_dir=search_dir, run_options=options, say=say)  # fmt: skip
+    return {"search": search_dir, "fields": [p.field for p in parsed], **result}

@@ -12,10 +12,8 @@ import errno
 import json
 import math
 import os
-import re
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,40 +281,27 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> None:
 
 def cmd_search(args: argparse.Namespace, overrides: list[str]) -> dict:
     """``fovea search``: the table of trials, the best, then one JSON line."""
-    import random
-
     from fovea.config import apply_overrides, get_recipe
-    from fovea.search import Param, search
 
-    if not args.recipe:
-        raise UsageError("name a recipe to search, e.g. `fovea search softmax-digits --param lr=log:1e-4:1e-1`")
-    if not args.param:
-        raise UsageError("give at least one --param FIELD=KIND:RANGE, e.g. --param lr=log:1e-4:1e-1")
-    _at_least_1(trials=args.trials, rounds=args.rounds)
-    load_tasks()
-    recipe = get_recipe(args.recipe)
-    base = apply_overrides(recipe.config, overrides)
-    params = [Param.parse(spec) for spec in args.param]
-    for p in params:  # a field that does not exist, or a value it cannot take, fails here, before any training
-        apply_overrides(base, [f"--{p.field}", str(p.sample(random.Random(0)))])
-    runs_dir = Path(args.runs_dir or "runs")
-    name = args.name or f"search-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", name):
-        raise UsageError(f"--name {name!r} is not a valid search name: use letters, digits, '.', '_' and '-'")
-    search_dir = runs_dir / name  # (an existing one is resumed by search(), when it is this same search)
-    options = dict(device=args.device, wandb=args.wandb, project=args.project, keep_checkpoints=args.keep_checkpoints,
-                   nonfinite=args.on_nonfinite)  # fmt: skip
-    result = search(recipe, base, params, trials=args.trials, rounds=args.rounds, metric=args.rank_by,
-                    seed=args.search_seed, search_dir=search_dir, run_options=options, say=err.print)  # fmt: skip
-    table = Table(title=f"search {recipe.name}: {search_dir} (ranked by {args.rank_by})", header_style="bold")
-    for col in ("trial", "round", *(p.field for p in params), args.rank_by):
+    base = None
+    if args.recipe and args.param and min(args.trials, args.rounds) >= 1:  # (else api.search says what is missing)
+        load_tasks()
+        base = apply_overrides(get_recipe(args.recipe).config, overrides)  # the --field VALUE words
+    result = api.search(args.recipe, args.param, config=base, trials=args.trials, rounds=args.rounds,
+                        rank_by=args.rank_by, seed=args.search_seed, name=args.name, runs_dir=args.runs_dir,
+                        device=args.device, wandb=args.wandb, project=args.project,
+                        keep_checkpoints=args.keep_checkpoints, on_nonfinite=args.on_nonfinite,
+                        say=err.print)  # fmt: skip
+    search_dir, params = result["search"], result["fields"]
+    table = Table(title=f"search {args.recipe}: {search_dir} (ranked by {args.rank_by})", header_style="bold")
+    for col in ("trial", "round", *params, args.rank_by):
         table.add_column(col, justify="right")
     for row in result["trials"]:
         shown = "failed: " + row["error"][:40] if row["metric"] is None else f"{row['metric']:.4f}"
         mark = " *" if row is result["best"] else ""
-        table.add_row(row["trial"] + mark, str(row["round"]), *(f"{row['params'][p.field]:.3g}"
-                      if isinstance(row["params"][p.field], float) else str(row["params"][p.field])
-                      for p in params), shown)  # fmt: skip
+        values = (row["params"][f] for f in params)
+        table.add_row(row["trial"] + mark, str(row["round"]), *(f"{v:.3g}" if isinstance(v, float) else str(v)
+                                                                for v in values), shown)  # fmt: skip
     out.print(table)
     best = result["best"]
     out.print(f"best: {best['trial']} {args.rank_by} {best['metric']:.4f} with "
