@@ -153,7 +153,7 @@ class FeatureSpace:
             raise ConfigError(f"{which} classifies {ccfg.dataset} images {data.shape} in "
                               f"0..{data.max_value}; the samples are {tuple(shape)} in 0..{max_value}")  # fmt: skip
         model = classify.build(ccfg, data.shape, len(data.classes), data.max_value, pretrained=False).to(device)
-        crun = Run(doc["recipe"], ccfg, run_dir=run_dir, device=str(device), evaluate=True)
+        crun = Run.open(run_dir, doc["recipe"], ccfg, device=str(device))
         crun.track(best=model)  # the weights of the best validation accuracy, which its summary reports
         ckpt = crun.latest_checkpoint()
         if ckpt is None:
@@ -232,7 +232,7 @@ def train_feature_classifier(runs_dir: Path, run: Run) -> Path:
     """Train the ``cnn-digits`` recipe into a new run in ``runs_dir`` (about 20 s on a CPU)."""
     recipe = get_recipe(FEATURE_RECIPE)
     run.say(f"No {FEATURE_RECIPE} run in {runs_dir} for Frechet distances: training one (seed 0, about 20 s).")
-    crun = Run(recipe.name, recipe.config, runs_dir=runs_dir, wandb="disabled", device=str(run.device))
+    crun = Run.create(recipe.name, recipe.config, runs_dir=runs_dir, wandb="disabled", device=str(run.device))
     with crun:
         crun.finish(recipe.task.train(recipe.config, crun))
     return crun.dir
