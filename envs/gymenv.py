@@ -111,13 +111,13 @@ def adapt(env: gym.Env, label: str, image_size: tuple[int, int] | None = None) -
     return env
 
 
-def factory(env, image_size: tuple[int, int] | None = None) -> tuple[str, Callable[[], gym.Env]]:
-    """``(label, make)``: a name for messages and a function making one adapted env, from a registered gymnasium id,
-    a callable returning a ``gym.Env``, or a ``gym.Env`` instance. An instance is a template: each env is a deep copy
-    of it, so the object passed in is never stepped (training and evaluation envs stay apart); one that cannot be
-    copied is refused (pass a callable that makes it)."""
+def factory(env, image_size: tuple[int, int] | None = None, **make_kwargs) -> tuple[str, Callable[[], gym.Env]]:
+    """``(label, make)``: a name for messages and a function making one adapted env, from a registered gymnasium id
+    (made with ``make_kwargs``, e.g. ``render_mode``), a callable returning a ``gym.Env``, or a ``gym.Env`` instance.
+    An instance is a template: each env is a deep copy of it, so the object passed in is never stepped (training and
+    evaluation envs stay apart); one that cannot be copied is refused (pass a callable that makes it)."""
     if isinstance(env, str):
-        return env, lambda: adapt(gym.make(env), env, image_size)
+        return env, lambda: adapt(gym.make(env, **make_kwargs), env, image_size)
     if isinstance(env, gym.Env):
         label = _label(env)
 

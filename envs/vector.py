@@ -256,6 +256,19 @@ def make(env, num_envs: int, *, seed: int = 0, image_size: tuple[int, int] | Non
     return cls(env, num_envs, seed=seed, image_size=_size(image_size), info=info)
 
 
+def make_single(env, *, seed: int = 0, image_size: tuple[int, int] | None = None, render_mode: str | None = None
+                ) -> gym.Env:  # fmt: skip
+    """One gymnasium env fed as ``make``'s are (an env of the vector, for watching: ``render_mode="rgb_array"`` on a
+    gymnasium id), reset with ``seed``; Atari's is ``envs.atari.make_eval_env``."""
+    if isinstance(env, str):
+        if is_atari(check_name(env)):
+            raise ConfigError(f"{env} is an Atari game: envs.atari.make_eval_env makes one to watch")
+        env = CLASSIC.get(env, env)
+    one = factory(env, _size(image_size), **({"render_mode": render_mode} if render_mode else {}))[1]()
+    one.reset(seed=seed)
+    return one
+
+
 _ids = itertools.count()
 
 
