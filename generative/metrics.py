@@ -103,7 +103,8 @@ class FeatureSpace:
         model: a ``vision.classify.Classifier`` (uint8 images in, logits out; ``features`` gives features).
         source: the run folder it came from.
         info: what identifies it in every result: ``classifier`` (the run folder), ``classifier/weights`` (the
-            checkpoint file loaded), ``classifier/sha256`` (that file's hash) and ``classifier/test_acc``.
+            checkpoint file loaded, an absolute path), ``classifier/sha256`` (that file's hash) and
+            ``classifier/test_acc`` (from its summary.json).
     """
 
     def __init__(self, model: torch.nn.Module, source: Path, info: dict | None = None):
@@ -160,9 +161,9 @@ class FeatureSpace:
             raise ConfigError(f"{which} has no checkpoint; train it first")
         crun.restore(ckpt, fallback={"best": "model"})
         acc = classifier_accuracy(Path(run_dir), crun.step, which)
-        weights = ckpt / checkpoint.TENSORS
+        weights = (ckpt / checkpoint.TENSORS).resolve()
         info = {"classifier/weights": str(weights), "classifier/sha256": sha256(weights), "classifier/test_acc": acc}
-        return cls(model, Path(run_dir), info)
+        return cls(model, Path(run_dir).resolve(), info)
 
     @classmethod
     def for_run(cls, cfg, run: Run, classifier: str | None = None) -> FeatureSpace | None:

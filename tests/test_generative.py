@@ -3,6 +3,7 @@ values, Frechet distances against the closed form, and the train / sample / eval
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ from PIL import Image
 from fovea import generative  # noqa: F401  (registers the recipes)
 from fovea.cli import main
 from fovea.config import apply_overrides, recipes
+from fovea.generative import metrics
 from fovea.generative.autoencoder import VAEConfig, build_vae, discretized_logistic_logp
 from fovea.generative.base import GenConfig, build_model, categorical, grid_image
 from fovea.generative.metrics import frechet_distance
@@ -181,7 +183,7 @@ def test_grid_image_keeps_a_lone_image_s_border_and_a_short_row_s_width():
     assert short.shape == (4, 13, 3) and short[1, 4].tolist() == [0, 0, 0] and short[1, 7].tolist() == [128] * 3
 
 
-def test_train_sample_eval_and_resume_from_the_command_line(in_tmp, capsys):
+def test_train_sample_eval_and_resume_from_the_command_line(in_tmp, capsys, monkeypatch):
     assert main(["train", "cnn-digits", "--name", "cls", "--epochs", "3", "--wandb", "disabled", *TINY_CNN]) == 0
     capsys.readouterr()
     assert main(["train", "vae-digits", "--name", "v", "--epochs", "2", "--eval-every", "1"]) == 0
@@ -204,11 +206,26 @@ def test_train_sample_eval_and_resume_from_the_command_line(in_tmp, capsys):
     assert main(["sample", "runs/v", "--interpolate", "-n", "16", "-o", "lerp.png", "--wandb", "disabled"]) == 0
     assert Image.open("lerp.png").size == (8 * 33 + 1, 2 * 33 + 1)
 
+    # the 3-epoch classifier is refused, given or found beside the run; once let through, it is named in eval.json
+    for argv, words in ((["--classifier", "runs/cls"], "--classifier runs/cls has test accuracy"),
+                        ([], "the newest cnn-digits run beside runs/v, runs/cls, has test accuracy")):  # fmt: skip
+        assert main(["eval", "runs/v", "--samples", "200", *argv]) == 2
+        err = capsys.readouterr().err.replace("\n", "")
+        assert words in err and "below the 97%" in err, err
+    monkeypatch.setattr(metrics, "MIN_TEST_ACC", 0.0)
     assert main(["eval", "runs/v", "--classifier", "runs/cls", "--samples", "200"]) == 0
     ev = _last_json(capsys)
     assert ev["test/nll_nats"] > 0 and ev["samples/scored"] == 200
+    assert ev["samples/per_draw"] == 200 and ev["samples/real_pool"] == 797 and ev["samples/draws"] == 10
+    for name in ("fid/test", "fid/real_vs_real", "kid/test", "kid/real_vs_real"):
+        assert math.isfinite(ev[name]) and ev[f"{name}_std"] > 0, name
     assert ev["fid/test"] > 0 and ev["fid/real_vs_real"] > 0
     assert sum(ev[f"classes/fraction_{c}"] for c in range(10)) == pytest.approx(1.0)
+    weights = sorted((in_tmp / "runs/cls/checkpoints").iterdir())[-1] / "tensors.safetensors"
+    assert ev["classifier/weights"] == str(weights.resolve()) and ev["classifier"] == str(in_tmp / "runs/cls")
+    assert ev["classifier/sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    saved = json.loads((in_tmp / "runs/v/eval.json").read_text())
+    assert saved["classifier/sha256"] == ev["classifier/sha256"] and saved["classifier/test_acc"] < 0.97
 
 
 def test_generative_commands_refuse_bad_input_clearly(in_tmp, capsys):
