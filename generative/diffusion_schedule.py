@@ -25,7 +25,7 @@ def betas_for(kind: ScheduleKind, timesteps: int) -> torch.Tensor:
     """The noise variances beta_t (T,) in float64 of the ``linear`` or ``cosine`` schedule."""
     if kind == "linear":
         scale = 1000.0 / timesteps
-        return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+        return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64).clamp(max=0.999)
     if kind == "cosine":
         s = 0.008
         steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps

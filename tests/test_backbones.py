@@ -11,9 +11,11 @@ from fovea.backbones.rnn import RecurrentCore
 SHAPES = [(4, 84, 84), (3, 32, 32), (1, 8, 8)]
 
 
-def example_input(name: str, batch: int = 3) -> tuple[torch.nn.Module, torch.Tensor]:
+def example_input(name: str, batch: int = 3) -> tuple[torch.nn.Module, torch.Tensor | tuple[torch.Tensor, ...]]:
     e = backbones.entry(name)
-    if e.kind == "image":
+    if e.kind == "denoiser":  # (images, timesteps) -> images
+        net, x = backbones.build(name, (3, 40, 40), **e.tiny), (torch.randn(batch, 3, 40, 40), torch.arange(batch))
+    elif e.kind == "image":
         net, x = backbones.build(name, (3, 40, 40), **e.tiny), torch.randn(batch, 3, 40, 40)
     elif e.kind == "vector":
         net, x = backbones.build(name, (2, 5), **e.tiny), torch.randn(batch, 2, 5)
@@ -24,8 +26,8 @@ def example_input(name: str, batch: int = 3) -> tuple[torch.nn.Module, torch.Ten
     return net, x
 
 
-def output(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    y = net(x)
+def output(net: torch.nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    y = net(*x) if isinstance(x, tuple) else net(x)
     return y[0] if isinstance(y, tuple) else y
 
 
@@ -35,8 +37,8 @@ def test_registry_contract(name):
     net, x = example_input(name)
     y = output(net, x)
     kind = backbones.entry(name).kind
-    if kind == "decoder":
-        assert y.shape == (x.shape[0], *net.out_shape)
+    if kind in ("decoder", "denoiser"):
+        assert y.shape == (len(x[0]) if kind == "denoiser" else len(x), *net.out_shape)
     elif kind == "sequence":
         assert y.shape == (x.shape[0], x.shape[1], net.out_features)
     else:

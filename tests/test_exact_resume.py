@@ -26,7 +26,7 @@ CASES = {
     "cnn": ("cnn-digits", [*TINY_CNN, "--epochs", "4", "--checkpoint-every", "100"], 2),
     "vae": ("vae-digits", ["--epochs", "4", "--eval-every", "1", "--iwae-samples", "8"], 2),
     "gan": ("gan-digits", ["--epochs", "3"], 1),
-    "ddpm": ("cddpm-digits", ["--epochs", "3", "--eval-every", "1", "--timesteps", "50", "--bound-terms", "5"], 1),
+    "ddpm": ("cddpm-digits", ["--epochs", "3", "--timesteps", "20", "--sample-steps", "4", "--bound-terms", "4"], 1),
     "dqn": ("dqn-cartpole", ["--total-steps", "3000", "--learning-starts", "500", "--save-replay", "true",
                              "--eval-every", "1000", "--eval-episodes", "2"], 200),  # fmt: skip
     "dqn-efficient": ("dqn-catch", ["--total-steps", "800", "--learning-starts", "200", "--num-envs", "1",
