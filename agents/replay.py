@@ -160,7 +160,7 @@ class FrameReplay:
         self.valid[self.pos] = False
         self.valid[(self.pos - 1) % self.slots] = False  # a restart mid-stream: nothing leads into it
         self.written = max(self.written, 1)
-        self._set_slot_priority((self.pos - 1) % self.slots, None)
+        self._set_priorities([(self.pos - 1) % self.slots], [])
 
     def add(self, actions, rewards, terminated, next_obs, reset) -> None:
         """Record one vector step: the action taken in the newest slot, its reward and termination, then
@@ -178,20 +178,23 @@ class FrameReplay:
         self.valid[self.pos] = False  # no next frame yet
         self.written = min(self.written + 1, self.slots)
         if self.tree is not None:
-            self._set_slot_priority(self.pos, None)  # overwritten: the newest frame, no transition yet
+            cleared = [self.pos]  # overwritten: the newest frame, no transition yet
             if self.written == self.slots:  # the oldest slots lost the frames before them: no longer sampled
-                self._set_slot_priority((self.pos + self.stack - 1) % self.slots, None)
-            if self.written > self.stack + self.n_step - 1:  # this slot's n-step window is complete now
-                slot = (self.pos - self.n_step) % self.slots
-                self._set_slot_priority(slot, self.valid[slot])
+                cleared.append((self.pos + self.stack - 1) % self.slots)
+            complete = [(self.pos - self.n_step) % self.slots] if self.written > self.stack + self.n_step - 1 else []
+            self._set_priorities(cleared, complete)  # complete: that slot's n-step window is written now
 
-    def _set_slot_priority(self, slot: int, valid: torch.Tensor | None) -> None:
-        """Leaves of ``slot`` (all envs): the largest priority where ``valid``, 0 elsewhere (None: 0 for all)."""
+    def _set_priorities(self, cleared: list[int], complete: list[int]) -> None:
+        """In one tree update: priority 0 for every env of the ``cleared`` slots, and the largest priority so far
+        for the envs of the ``complete`` slots whose step is a transition (0 for a reset step)."""
         if self.tree is None:
             return
-        leaves = torch.arange(slot * self.num_envs, (slot + 1) * self.num_envs, device=self.device)
-        p = self.max_priority.expand(self.num_envs) if valid is not None else torch.zeros_like(self.max_priority)
-        self.tree.set(leaves, p * valid if valid is not None else p.expand(self.num_envs))
+        slots = torch.tensor(cleared + complete, dtype=torch.long, device=self.device)
+        envs = torch.arange(self.num_envs, device=self.device)
+        leaves = (slots[:, None] * self.num_envs + envs).view(-1)
+        p = self.max_priority * self.valid[slots[len(cleared) :]]  # (complete, envs)
+        p = torch.cat([torch.zeros(len(cleared), self.num_envs, dtype=p.dtype, device=self.device), p])
+        self.tree.set(leaves, p.view(-1))
 
     def _stack(self, slot: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
         """Observations ending at ``slot``: (B, stack, *frame), frames before an episode start zeroed."""

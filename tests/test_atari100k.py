@@ -112,7 +112,7 @@ def test_a_short_drq100k_run_trains_checkpoints_resumes_and_evaluates(in_tmp, mo
     from fovea.cli import main
 
     argv = ["train", "drq100k", "--env", "pong", "--name", "d", "--wandb", "disabled", "--total-steps", "2000",
-            "--buffer-size", "3000", "--save-replay", "true", "--checkpoint-every", "500",
+            "--buffer-size", "3000", "--batch-size", "8", "--save-replay", "true", "--checkpoint-every", "500",
             "--eval-episodes", "1"]  # fmt: skip
     with monkeypatch.context() as m:
         stop_after(m, 1000)
