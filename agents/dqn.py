@@ -92,9 +92,9 @@ def td_loss(q: torch.Tensor, y: torch.Tensor, kind: str, mask: torch.Tensor | No
         return fn(q, y)
     if mask is not None:
         y = torch.where(mask, y, q.detach())  # a left-out error is exactly 0, with a 0 gradient, even from a NaN
-    errors = fn(q, y, reduction="none")
-    if weights is not None:
-        errors = errors * weights
+    if weights is None:
+        return fn(q, y, reduction="sum") / mask.sum().clamp_min(1)
+    errors = fn(q, y, reduction="none") * weights
     return errors.sum() / (mask.sum().clamp_min(1) if mask is not None else q.shape[0])
 
 
