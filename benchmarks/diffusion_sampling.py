@@ -57,7 +57,7 @@ def main() -> None:
     device = pick_device(args.device)
     doc = read_run(args.run)
     cfg = from_dict(type(get_recipe(doc["recipe"]).config), doc["config"])
-    run = Run(doc["recipe"], cfg, run_dir=args.run, device=str(device), evaluate=True, wandb="disabled")
+    run = Run.open(args.run, doc["recipe"], cfg, device=str(device))
     model, test = base.load_trained(cfg, run)
     features = metrics.FeatureSpace.for_run(cfg, run, args.classifier)
     if features is None:
