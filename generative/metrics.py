@@ -179,8 +179,9 @@ class FeatureSpace:
                     f"for Frechet distances and class spread.")  # fmt: skip
             return None
         found = newest_classifier(run.dir.parent)
-        which = f"the newest {FEATURE_RECIPE} run beside {run.dir}, {found},"
-        if found is None:
+        if found is not None:
+            which = f"the newest {FEATURE_RECIPE} run beside {run.dir}, {found},"
+        else:
             found = train_feature_classifier(run.dir.parent, run)
             which = f"the {FEATURE_RECIPE} run trained now for Frechet distances, {found},"
         return cls.load(found, run.device, data.shape, data.max_value, which=which)
