@@ -29,7 +29,7 @@ from gymnasium.envs.registration import EnvSpec
 from fovea.errors import ConfigError
 
 NEED_ACTIONS = "Fovea's agents need a Discrete action space"
-NEED_OBS = "Fovea's agents need a uint8 image (HxWxC, CxHxW or HxW) or a flat vector (a Box of one dimension)"
+NEED_OBS = "Fovea's agents need a uint8 image (HxWxC, CxHxW or HxW) or a flat vector (a 1-d Box)"
 
 
 def _short(space) -> str:
@@ -52,7 +52,8 @@ def check_spaces(label: str, observation_space, action_space) -> str:
     if isinstance(obs, spaces.Box) and len(obs.shape) == 1 and np.issubdtype(obs.dtype, np.number):
         return "vector"
     what = "Box" if isinstance(obs, spaces.Box) else type(obs).__name__
-    raise ConfigError(f"{label} has a {what} observation space {_short(obs)}; {NEED_OBS}")
+    raise ConfigError(f"{label} has a {what} observation space {_short(obs)}; {NEED_OBS}; from Python, pass a "
+                      "function making the env with a wrapper that gives one")  # fmt: skip
 
 
 def channels_last(shape: tuple[int, ...]) -> bool:
