@@ -47,7 +47,8 @@ def cell_name(recipe: str, game: str, seed: int) -> str:
 def train_command(recipe: str, game: str, seed: int, run_dir: Path, device: str, extra: list[str]) -> list[str]:
     """The command that trains the cell (or resumes it, when its run folder holds a checkpoint)."""
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        return [sys.executable, "-m", "fovea", "train", "--resume", str(run_dir), "--device", device]
+        return [sys.executable, "-m", "fovea", "train", "--resume", str(run_dir), "--device", device, "--wandb",
+                "disabled"]  # fmt: skip
     return [sys.executable, "-m", "fovea", "train", recipe, "--env", game, "--seed", str(seed), "--name",
             run_dir.name, "--runs-dir", str(run_dir.parent), "--device", device, "--wandb", "disabled",
             *extra]  # fmt: skip
@@ -183,17 +184,21 @@ def main(argv: list[str] | None = None) -> dict:
             if cell.exists():
                 status[name] = "skipped (finished)"
                 continue
-            if time.monotonic() >= deadline:
+            ledger = run_dir / "grid_wall.json"  # every session of this cell: its command, wall time summed
+            sessions = json.loads(ledger.read_text()) if ledger.exists() else {"wall_s": 0.0, "commands": []}
+            summary_path = run_dir / "summary.json"  # written when the run finished (a stopped run has none)
+            if summary_path.exists():
+                outcome = "done"  # finished in an earlier call that stopped before writing the cell
+            elif time.monotonic() >= deadline:
                 status[name] = "waiting (budget spent)"
                 continue
-            ledger = run_dir / "grid_wall.json"  # wall time of every session of this cell, summed
-            cmd = train_command(args.recipe, game, seed, run_dir, args.device, args.extra.split())
-            outcome, wall = run_cell(cmd, deadline)
-            spent = (json.loads(ledger.read_text())["wall_s"] if ledger.exists() else 0.0) + wall
-            if run_dir.is_dir():
-                ledger.write_text(json.dumps({"wall_s": spent}) + "\n")
+            else:
+                cmd = train_command(args.recipe, game, seed, run_dir, args.device, args.extra.split())
+                outcome, wall = run_cell(cmd, deadline)
+                sessions = {"wall_s": sessions["wall_s"] + wall, "commands": [*sessions["commands"], " ".join(cmd)]}
+                if run_dir.is_dir():
+                    ledger.write_text(json.dumps(sessions) + "\n")
             status[name] = outcome
-            summary_path = run_dir / "summary.json"
             if outcome != "done" or not summary_path.exists():
                 continue
             s = json.loads(summary_path.read_text())
@@ -201,8 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
             record = {"game": game, "seed": seed, "recipe": args.recipe, "score": s[SCORE],
                       "hns": float(rl_stats.human_normalized(s[SCORE], game)), "agent_steps": s["agent_steps"],
                       "eval_episodes": s.get("eval/episodes"), "best_mean_return": s.get("eval/best_mean_return"),
-                      "wall_s": spent, "device": device, "commit": commit, "command": " ".join(cmd),
-                      "config": config}  # fmt: skip
+                      "wall_s": sessions["wall_s"], "device": device, "commit": commit,
+                      "commands": sessions["commands"], "config": config}  # fmt: skip
             cell.write_text(json.dumps(record, indent=1) + "\n")
     summary = summarize(out, reps=args.reps)
     line = {k: summary.get(k) for k in ("iqm", "iqm_ci", "median", "mean", "wall_s_per_run", "cells")}
