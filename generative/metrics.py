@@ -69,15 +69,17 @@ def compare(fake: torch.Tensor, real: torch.Tensor, *, draws: int = DRAWS, seed:
     """The protocol on features: ``fake`` (S, F) sample features against ``real`` (R, F) held-out features.
 
     N = min(S, R // 2) images a side. Each draw permutes ``real`` into halves A (the first N) and B (the next N)
-    and picks N of the samples (all of them when S = N); it scores samples vs A and B vs A. Returns the mean
+    and picks N of the samples (all of them when S = N); it scores samples vs A and B vs A. The permutations come
+    in torchmetrics' order (real, then fake), so its KID over ``draws`` subsets of N, with the global RNG seeded
+    ``seed``, is ours exactly (tests/test_fid.py). Returns the mean
     and standard deviation (population, as torchmetrics' KID) over the draws: ``fid/test``, ``fid/test_std``,
     ``fid/real_vs_real``, ``fid/real_vs_real_std``, the same for ``kid/``, and ``samples/per_draw`` (N),
     ``samples/draws`` and ``samples/real_pool`` (R).
     """
     n = min(len(fake), len(real) // 2)
     if n < 2 or draws < 1:
-        raise ConfigError(f"Frechet distance and KID need at least 2 samples and 2 x 2 held-out images a side and "
-                          f"a draw (got {len(fake)} samples, {len(real)} held-out images, {draws} draws)")  # fmt: skip
+        raise ConfigError(f"Frechet distance and KID need at least 2 samples, 4 held-out images (2 a side) and one "
+                          f"draw; got {len(fake)} samples, {len(real)} held-out images, {draws} draws")  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     fake, real = fake.double().cpu(), real.double().cpu()
     scores: dict[str, list[float]] = {k: [] for k in ("fid/test", "fid/real_vs_real", "kid/test", "kid/real_vs_real")}

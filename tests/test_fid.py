@@ -64,6 +64,7 @@ def _random_space(seed: int = 0) -> metrics.FeatureSpace:
     return metrics.FeatureSpace(model, "untrained")
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 def test_kid_over_draws_equals_torchmetrics_kid_with_our_feature_extractor():
     """``compare`` takes its draws in torchmetrics' order (a permutation of the real features, then of the fake
     ones), so with torchmetrics' RNG seeded alike its KID mean and std over subsets of N are ours exactly."""
