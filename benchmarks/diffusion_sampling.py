@@ -1,17 +1,16 @@
 """DDIM with few steps against DDPM's 1,000-step ancestral sampler, the same trained diffusion model: seconds per
-image and the Frechet distance of each sampler's images to the test set, in a digits classifier's features.
+image and the Frechet distance (and KID) of each sampler's images to held-out images, in a digits classifier's features.
 
 Ours is deterministic DDIM (eta = 0) over ``--steps`` timesteps (Song et al. 2021); the peer is DDPM's sampler
-(Ho et al. 2020), every one of the model's T timesteps. Both draw ``--samples`` images (default: as many as the
-test set holds, so the distance compares like with like) in chunks of 250, a conditional model's classes in turn,
-from the moving average of the weights; the distance of as many real training images to the test set gives the
-scale. The Frechet distance uses ``fovea.generative.metrics``' public ``FeatureSpace.features`` and
-``frechet_distance``.
+(Ho et al. 2020), every one of the model's T timesteps. Both draw ``--samples`` images (default: half the held-out
+pool, the N of each draw) in chunks of 250, a conditional model's classes in turn, from the moving average of the
+weights. Each set is scored as ``fovea eval`` scores samples (``fovea.generative.metrics.compare``): against N
+held-out real images (val and test) in each of 10 draws, beside real-vs-real at the same N.
 
     python -m benchmarks.diffusion_sampling runs/ddpm-digits [--classifier runs/cnn-digits] [--steps 50]
 
 Last line: {"ours_s_per_image", "peer_s_per_image", "speedup": peer / ours, "fid_ours", "fid_peer",
-"fid_ratio": ours / peer, "fid_real", ...}.
+"fid_ratio": ours / peer, "fid_real_vs_real", the same for kid_, the _std of each over the draws, ...}.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ def main() -> None:
     p.add_argument("--classifier", default=None, help="a classifier run for the features (default: the newest "
                    "cnn-digits run beside the run, trained if there is none)")  # fmt: skip
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
-    p.add_argument("--samples", type=int, default=0, help="images per sampler (default: the test set's size)")
+    p.add_argument("--samples", type=int, default=0, help="images per sampler (default: half the held-out images)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -62,24 +61,27 @@ def main() -> None:
     features = metrics.FeatureSpace.for_run(cfg, run, args.classifier)
     if features is None:
         raise SystemExit(f"no feature space for {cfg.dataset}: pass --classifier runs/NAME")
-    n = args.samples or len(test)
+    held_out = torch.cat([base.load_split(cfg, "val", run).images.to(device), test.images])
+    n = args.samples or len(held_out) // 2
     with torch.no_grad():
         model.generate(2, steps=2, generator=torch.Generator().manual_seed(0))  # warm-up
         ours_images, ours = timed(model, n, args.seed, steps=args.steps, eta=0.0)
         peer_images, peer = timed(model, n, args.seed, sampler="ddpm")
-    f_test = features.features(test.images)
-    train = base.load_split(cfg, "train", run)
-    real = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:n]]
-    fid = {k: metrics.frechet_distance(features.features(v.to(device)), f_test)
-           for k, v in (("ours", ours_images), ("peer", peer_images), ("real", real))}  # fmt: skip
+    real = features.features(held_out)
+    scores = {k: metrics.compare(features.features(v), real, seed=args.seed)
+              for k, v in (("ours", ours_images), ("peer", peer_images))}  # fmt: skip
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     figures = {"benchmark": "diffusion_sampling", "run": args.run, "recipe": doc["recipe"], "device": name,
-               "samples": n, "test_images": len(test), "ddim_steps": args.steps, "ddpm_steps": model.timesteps,
-               "ours_s_per_image": ours / n, "peer_s_per_image": peer / n, "speedup": peer / ours,
-               "fid_ours": fid["ours"], "fid_peer": fid["peer"], "fid_ratio": fid["ours"] / fid["peer"],
-               "fid_real": fid["real"], "classifier": str(features.source)}  # fmt: skip
+               "samples": n, "held_out": len(held_out), "ddim_steps": args.steps, "ddpm_steps": model.timesteps,
+               "ours_s_per_image": ours / n, "peer_s_per_image": peer / n, "speedup": peer / ours}  # fmt: skip
+    for m in ("fid", "kid"):
+        for who in ("ours", "peer"):
+            figures.update({f"{m}_{who}": scores[who][f"{m}/test"], f"{m}_{who}_std": scores[who][f"{m}/test_std"]})
+        figures[f"{m}_real_vs_real"] = scores["ours"][f"{m}/real_vs_real"]
+    figures["fid_ratio"] = figures["fid_ours"] / figures["fid_peer"]
+    figures["classifier"] = str(features.source)
     print_figures(f"DDIM ({args.steps} steps) vs DDPM ({model.timesteps} steps): seconds per image and Frechet "
-                  "distance to the test set", figures)  # fmt: skip
+                  "distance to held-out images", figures)  # fmt: skip
 
 
 if __name__ == "__main__":
