@@ -343,5 +343,6 @@ register_recipe(
     DiffusionConfig(dataset="cifar10", unet=_unet(widths=(128, 256, 256, 256), blocks=2, attention_at=16,
                                                   dropout=0.1), epochs=300, batch_size=128, lr=2e-4, grad_clip=1.0,
                     bound_terms=50),
-    "Ho et al.'s CIFAR-10 DDPM (35.7M-parameter U-Net, linear schedule, dropout 0.1) for a GPU",
+    "DDPM after Ho et al.'s CIFAR-10 model (widths 128-256, attention at 16x16 and below: 38.4M parameters to their "
+    "35.7M; linear schedule, dropout 0.1), for a GPU",
 )  # fmt: skip
