@@ -1,4 +1,5 @@
-"""Environments, no learning: small tasks for fast checks (Catch) and, later, vectorised Atari.
+"""Environments, no learning: one vector interface (``vector.make``) over Atari (``atari``), any gymnasium env with
+Discrete actions and image or vector observations (``gymenv``), and Catch, a tiny pixel task for fast checks.
 
 Importing the package registers ``fovea/Catch-v0`` with gymnasium.
 """
