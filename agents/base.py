@@ -56,6 +56,8 @@ class AgentConfig(Config):
     """Agent steps between evaluations during training (0: only at the end); the best network is kept."""
     eval_episodes: int = param(10, ge=0)
     """Episodes played by each evaluation and by `fovea eval` (0: no evaluation during training)."""
+    eval_video: Literal["auto", "on", "off"] = "auto"
+    """Film one more episode at each evaluation during training (runs/NAME/videos/, W&B): auto films Atari only."""
     seed: int = 0
     """Seeds every RNG and the envs."""
     checkpoint_every: int = param(10_000, ge=1)
