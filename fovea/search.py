@@ -103,7 +103,7 @@ class Param:
 
 def maximise(metric: str) -> bool:
     """Accuracies and returns go up; losses, NLLs and distances go down."""
-    return not any(w in metric for w in ("loss", "nll", "fid", "error", "bits"))
+    return not any(w in metric for w in ("loss", "nll", "fid", "kid", "error", "bits"))
 
 
 def _resume(search_dir: Path, spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
