@@ -10,6 +10,7 @@ import torch
 
 from fovea.agents.base import AgentConfig
 from fovea.config import BackboneSpec, param
+from fovea.envs import vector
 from fovea.errors import ConfigError
 
 
@@ -89,9 +90,9 @@ class DQNConfig(AgentConfig):
         if self.buffer_size // self.num_envs < self.n_step + 6:
             raise ConfigError(f"DQNConfig.buffer_size = {self.buffer_size} is too small for n_step = {self.n_step} "
                               f"with num_envs = {self.num_envs}: give each env at least n_step + 6 slots")  # fmt: skip
-        if self.augment != "none" and self.env == "cartpole":
-            raise ConfigError(f"DQNConfig.augment = {self.augment!r} shifts images; cartpole's observations are a "
-                              "state vector: use --augment none")  # fmt: skip
+        if self.augment != "none" and not vector.describe(self.env).image:
+            raise ConfigError(f"DQNConfig.augment = {self.augment!r} shifts images; {self.env}'s observations "
+                              "are a state vector: use --augment none")  # fmt: skip
 
     def overlaps_env(self, device: torch.device | str) -> bool:
         """Whether ``async_env`` steps the envs during the update on ``device``."""

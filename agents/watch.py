@@ -31,10 +31,7 @@ def render_env(cfg: AgentConfig, seed: int) -> tuple[gym.Env, float]:
 
         env = make_eval_env(cfg.env, seed=seed, sticky=cfg.sticky, fire_on_life_loss=cfg.fire_on_life_loss)
         return env, 15.0  # 60 Hz / frame skip 4
-    import fovea.envs.catch  # noqa: F401  (registers fovea/Catch-v0)
-
-    env = gym.make(vector.CLASSIC[cfg.env], render_mode="rgb_array")
-    env.reset(seed=seed)
+    env = vector.make_single(cfg.env, seed=seed, render_mode="rgb_array")
     return env, float(env.metadata.get("render_fps", 30))
 
 
@@ -54,7 +51,7 @@ def record(cfg: AgentConfig, run: Run, policy: Policy, *, step: int, score: Scor
     With ``score`` each frame carries the gradient saliency of the chosen action, and the frame of
     strongest saliency is also saved as a PNG.
     """
-    if score is not None and not (cfg.atari or cfg.env == "catch"):
+    if score is not None and not vector.describe(cfg.env).image:
         raise UsageError(f"--saliency needs pixel observations; {cfg.env}'s are a state vector (try --video alone)")
     seed = cfg.seed + VIDEO if seed is None else seed
     env, fps = render_env(cfg, seed)
