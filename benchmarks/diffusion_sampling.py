@@ -22,7 +22,7 @@ import torch
 
 from fovea.cli import print_figures
 from fovea.config import from_dict, get_recipe
-from fovea.generative import base, metrics
+from fovea.generative import base, evaluation, metrics
 from fovea.run import Run, pick_device, read_run
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     doc = read_run(args.run)
     cfg = from_dict(type(get_recipe(doc["recipe"]).config), doc["config"])
     run = Run.open(args.run, doc["recipe"], cfg, device=str(device))
-    model, test = base.load_trained(cfg, run)
+    model, test = evaluation.load_trained(cfg, run)
     features = metrics.FeatureSpace.for_run(cfg, run, args.classifier)
     if features is None:
         raise SystemExit(f"no feature space for {cfg.dataset}: pass --classifier runs/NAME")

@@ -164,7 +164,7 @@ class Generator(ImageModel):
         """``n`` uint8 images (n, C, H, W) on the CPU; the same ``seed`` gives the same images on any device.
         ``temperature`` below 1 draws closer to the mode; ``label`` picks the class of a class-conditional model
         (by default its classes take turns)."""
-        from fovea.generative.base import sample_many
+        from fovea.generative.evaluation import sample_many
 
         if n < 1:
             raise UsageError(f"n = {n} must be at least 1")

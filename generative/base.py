@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,9 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from fovea import distributed
+from fovea import distributed, fit
 from fovea.config import Config, param, register_task
-from fovea.errors import ConfigError
+from fovea.fit import Update
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
 from fovea.vision import data as vdata
@@ -174,7 +173,9 @@ _BUILDERS: dict[type, Builder] = {}
 def register_model(config_cls: type[GenConfig], build: Builder) -> None:
     """Tie a config class to its model builder; train, eval and sample become available for its recipes."""
     _BUILDERS[config_cls] = build
-    register_task(config_cls, train, evaluate, sample=sample_command, distributed=True)
+    from fovea.generative import evaluation  # (it imports this module: the commands on a trained model)
+
+    register_task(config_cls, train, evaluation.evaluate, sample=evaluation.sample_command, distributed=True)
 
 
 def build_model(cfg: GenConfig, data: vdata.ImageData) -> GenerativeModel:
@@ -191,42 +192,31 @@ def make_optimizers(cfg: GenConfig, model: GenerativeModel) -> dict[str, torch.o
 
 
 def train_epoch(cfg: GenConfig, model: GenerativeModel, optimizers: dict, data: vdata.ImageData,
-                gen: torch.Generator, iteration: int,
-                step: TrainStep | None = None) -> tuple[dict[str, float], int]:  # fmt: skip
-    """One pass over ``data``; returns the mean of every logged value (over all processes under torchrun)
-    and the iteration count after it."""
+                gen: torch.Generator, iteration: int, step: TrainStep | None = None,
+                skip=None) -> tuple[dict[str, float], int, int]:  # fmt: skip
+    """One pass over ``data`` in shuffled global batches, each player of the model stepping when
+    ``players_at(iteration)`` says (``fovea.fit.train_epoch``). Returns the mean of every logged value (over
+    all processes under torchrun), the iteration count after it and the images learned from here."""
     step = step or TrainStep(cfg, model)
     model.train()
-    sums: dict[str, torch.Tensor] = {}
-    batches = 0
-    for images, labels, total in vdata.global_batches(data, cfg.batch_size, gen):
-        iteration += 1
-        for player in model.players_at(iteration):
-            with step.precision[player].autocast():
-                out = step.loss((images, labels), player)
-            loss = distributed.scale_loss(out["loss"].float(), len(images), total)
-            skip = (lambda: step.skip(loss, model.player_parameters(player))) if step.skip else None  # noqa: B023 (called within backward)
-            params = model.player_parameters(player)
-            if not step.precision[player].backward(loss, optimizers[player], params, cfg.grad_clip, skip=skip):
-                continue  # --on-nonfinite skip: this player's step counts for nothing
-            for k, v in out.items():
-                key = k if len(model.players) == 1 or k != "loss" else None
-                if key is not None:
-                    sums[key] = sums.get(key, 0) + v.detach().float()
-        batches += 1
-    keys = sorted(sums)
-    means = distributed.mean(torch.stack([sums[k] for k in keys]) / max(batches, 1)) if keys else torch.zeros(0)
-    return dict(zip(keys, means.tolist(), strict=True)), iteration
+    updates = {p: Update(step.player_loss(p), optimizers[p], step.precision[p],
+                         (lambda p=p: model.player_parameters(p)), cfg.grad_clip) for p in model.players}  # fmt: skip
+    batches = (((x, y), len(x), total) for x, y, total in vdata.global_batches(data, cfg.batch_size, gen))
+    return fit.train_epoch(batches, lambda it: [updates[p] for p in model.players_at(it)], iteration,
+                           several=len(updates) > 1, skip=skip)  # fmt: skip
 
 
 class TrainStep:
-    """How ``train_epoch`` runs a model's loss: under DistributedDataParallel with torchrun, compiled with
+    """How a model's loss runs in training: under DistributedDataParallel with torchrun, compiled with
     ``compile``, in the config's precision (one GradScaler per player for fp16; ``scalers()`` are tracked)."""
 
-    def __init__(self, cfg: GenConfig, model: GenerativeModel, skip=None):
+    def __init__(self, cfg: GenConfig, model: GenerativeModel):
         self.precision = {p: Precision(cfg.amp, model.device) for p in model.players}
-        self.skip = skip  # Run.skip_step: leaves out an update whose loss or gradient is not finite
         self.loss = compiled(distributed.wrap(model, "loss", find_unused=len(model.players) > 1), cfg.compile)
+
+    def player_loss(self, player: str) -> Callable[[tuple], dict[str, torch.Tensor]]:
+        """The loss of one player on a batch (images, labels)."""
+        return lambda batch: self.loss(batch, player)
 
     def scalers(self) -> dict:
         return {k: v for p, s in self.precision.items() for k, v in s.tracked(f"scaler_{p}").items()}
@@ -290,44 +280,35 @@ def train(cfg: GenConfig, run: Run) -> dict:
     best = copy.deepcopy(model)
     optimizers = make_optimizers(cfg, model)
     shuffle = torch.Generator().manual_seed(cfg.seed)  # the same on every process: one shuffle, split by rank
-    step = TrainStep(cfg, model, skip=run.skip_step)
+    step = TrainStep(cfg, model)
     run.track(model=model, best=best, generator=shuffle, **{f"optimizer_{p}": o for p, o in optimizers.items()},
               **step.scalers())  # fmt: skip
     run.restore()
     run.state.setdefault("iteration", 0)
-    show = "val/loss" if len(model.players) == 1 else None
-    for epoch in run.loop(cfg.epochs, unit="epoch", show=show):
-        start = time.perf_counter()
-        means, run.state["iteration"] = train_epoch(cfg, model, optimizers, tr, shuffle, run.state["iteration"], step)
-        logged = {f"train/{k}": v for k, v in means.items()}
-        logged["perf/images_per_s"] = len(tr) / (time.perf_counter() - start)
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            val = validate(model, va)  # every process alike (same weights, same data): they agree on the best
-            logged.update({f"val/{k}": v for k, v in val.items()})
-            keep_best(run, model, best, val, epoch)
-            if run.main:
-                log_grid(run, model, "samples/grid", seed=cfg.seed)
-        run.log(logged)
-    if not run.state.get("best_epoch"):  # no validation loss to choose by (a GAN): the final model
+    # one-player models keep the weights of the lowest validation loss; a GAN, its final weights
+    keep = fit.KeepBest(run, model, best, "val/loss") if len(model.players) == 1 else None
+
+    def train_one(epoch: int) -> tuple[dict, int]:
+        means, run.state["iteration"], seen = train_epoch(cfg, model, optimizers, tr, shuffle, run.state["iteration"],
+                                                          step, run.skip_step)  # fmt: skip
+        return means, seen
+
+    fit.fit(run, epochs=cfg.epochs, train=train_one, every=cfg.eval_every, keep=keep, score=lambda v: (-v["loss"],),
+            validate=lambda _: validate(model, va),  # every process alike: they agree on the best
+            media=lambda *_: log_grid(run, model, "samples/grid", seed=cfg.seed),
+            show="val/loss" if keep else None)  # fmt: skip
+    if keep is None or keep.record.score is None:  # nothing to choose by: the final model
         best.load_state_dict(model.state_dict())
     best.after_training(tr)
     run.save()
-    figures = {"epochs": run.step, "best_epoch": run.state.get("best_epoch") or run.step}
+    best_epoch = keep.record.at if keep is not None and keep.record.score is not None else run.step
+    figures = {"epochs": run.step, "best_epoch": best_epoch}
     figures.update({f"val/{k}": v for k, v in validate(best, va).items()})
     if best.nll_kind:
         figures.update(likelihood_figures(best, va, "val"))
     if run.main:
         log_grid(run, best, "samples/final", seed=cfg.seed)
     return figures
-
-
-def keep_best(run: Run, model: GenerativeModel, best: GenerativeModel, val: dict, epoch: int) -> None:
-    """Copy ``model`` into ``best`` when its validation loss is the lowest so far (one-player models)."""
-    if len(model.players) != 1 or "loss" not in val:
-        return
-    if val["loss"] < run.state.get("best_loss", math.inf):
-        best.load_state_dict(model.state_dict())
-        run.state.update(best_loss=val["loss"], best_epoch=epoch)
 
 
 def log_grid(run: Run, model: GenerativeModel, key: str, *, seed: int, n: int = 64) -> Path | None:
@@ -354,115 +335,3 @@ def likelihood_figures(model: GenerativeModel, data: vdata.ImageData, split: str
     dims = math.prod(model.shape)
     return {f"{split}/nll_nats": nats.mean().item(), f"{split}/bits_per_dim": nats.mean().item() / (dims * LN2),
             f"{split}/nll_kind": model.nll_kind}  # fmt: skip
-
-
-def load_trained(cfg: GenConfig, run: Run) -> tuple[GenerativeModel, vdata.ImageData]:
-    """The best model of a finished (or interrupted) run, in eval mode, and its test split."""
-    test = load_split(cfg, "test", run).to(run.device)
-    model = build_model(cfg, test).to(run.device)
-    run.track(best=model)
-    if not run.restore():
-        raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
-    return model.eval(), test
-
-
-@torch.no_grad()
-def sample_many(model: GenerativeModel, n: int, generator: torch.Generator, chunk: int = 250) -> torch.Tensor:
-    """``n`` samples in chunks; a conditional model gets the classes in turn (equal numbers of each)."""
-    labels = torch.arange(n) % model.num_classes if model.num_classes else None
-    out = []
-    for i in range(0, n, chunk):
-        lab = labels[i : i + chunk].to(model.device) if labels is not None else None
-        out.append(model.sample(min(chunk, n - i), generator=generator, labels=lab))
-    return torch.cat(out)
-
-
-def evaluate(cfg: GenConfig, run: Run, *, classifier: str | None = None, samples: int = 1000) -> dict:
-    """``fovea eval``: score a trained run's kept model on the test split.
-
-    Returns ``best_epoch``; for a model with an ``nll``, ``test/nll_nats``, ``test/bits_per_dim`` and
-    ``test/nll_kind``; and, when a classifier's feature space is at hand (``classifier``, or a
-    ``cnn-digits`` run found or trained beside the run for the digits, refused below 97% test accuracy), the
-    quality of ``samples`` samples in it against the held-out images (val and test, never trained on), N a
-    side (``samples/per_draw``: the samples, at most half the held-out images) over ``samples/draws`` draws:
-    ``fid/test`` and ``kid/test`` (samples vs held-out images), ``fid/real_vs_real`` and ``kid/real_vs_real``
-    (held-out vs other held-out images, the same N: the figure real data would get), each with its ``_std``
-    over the draws; the class spread ``classes/*``; and the classifier's ``classifier`` (run folder),
-    ``classifier/weights``, ``classifier/sha256`` and ``classifier/test_acc`` (see ``metrics``).
-    """
-    from fovea.generative import metrics
-
-    torch.manual_seed(cfg.seed)  # the IWAE estimate's draws: the same figures on every evaluation
-    model, test = load_trained(cfg, run)
-    figures: dict = {"best_epoch": run.state.get("best_epoch") or run.step}
-    if model.nll_kind:
-        figures.update(likelihood_figures(model, test, "test"))
-    features = metrics.FeatureSpace.for_run(cfg, run, classifier)
-    if features is not None:
-        fake = sample_many(model, samples, torch.Generator().manual_seed(cfg.seed + 12345))
-        val = load_split(cfg, "val", run).to(run.device)
-        held_out = torch.cat([val.images, test.images])
-        figures.update(features.quality(fake, held_out, test.classes, seed=cfg.seed))
-    return figures
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-# what `fovea sample -o` writes, by the file's suffix
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
-                 ".tiff": "TIFF"}  # fmt: skip
-
-
-def sample_command(cfg: GenConfig, run: Run, *, n: int = 64, output: str | None = None, seed: int = 0,
-                   temperature: float = 1.0, interpolate: bool = False, label: int | None = None) -> dict:  # fmt: skip
-    """``fovea sample``: draw ``n`` samples from a trained run's kept model (``seed`` fixes them, ``label``
-    picks a class of a conditional model) or, with ``interpolate``, decode ``max(1, n // 8)`` rows of 8 points on
-    lines between random latent codes; write them as one picture grid (``output``, in the format its suffix names:
-    PNG, JPEG, WebP, BMP or TIFF; default ``runs/NAME/samples/sample_seed{seed}.png``, or
-    ``interpolation_seed{seed}.png``) and log the grid to W&B.
-
-    Returns ``output`` (the PNG's path), ``images`` (how many were drawn), ``seed``, ``temperature``,
-    ``interpolate`` and ``label``.
-    """
-    model, _ = load_trained(cfg, run)
-    gen = torch.Generator().manual_seed(seed)
-    if label is not None and not 0 <= label < model.num_classes:
-        which = f"labels 0..{model.num_classes - 1}" if model.num_classes else "no labels (it is not class-conditional)"
-        raise ConfigError(f"--label {label}: {run.recipe} takes {which}")
-    if temperature < 0:
-        raise ConfigError(f"--temperature {temperature} must be >= 0 (1: the model's distribution, 0: the mode)")
-    if n < 1:
-        raise ConfigError(f"-n {n} must be at least 1")
-    with torch.no_grad():
-        if interpolate:
-            if model.latent_dim is None:
-                raise ConfigError(f"--interpolate: {type(model).__name__} has no latent space (try the VAE, "
-                                  "autoencoder or GAN)")  # fmt: skip
-            rows, steps = max(1, n // 8), 8
-            ends = noise((2, rows, model.latent_dim), gen, run.device)
-            t = torch.linspace(0, 1, steps, device=run.device)[None, :, None]
-            z = (ends[0][:, None] * (1 - t) + ends[1][:, None] * t).reshape(rows * steps, -1)
-            labels = None
-            if model.num_classes:
-                labels = torch.full((rows * steps,), label or 0, device=run.device)
-            images, nrow = model.decode(z, labels), steps
-        else:
-            labels = torch.full((n,), label, device=run.device) if label is not None else grid_labels(model, n)
-            images, nrow = model.sample(n, generator=gen, temperature=temperature, labels=labels), None
-    grid = grid_image(images, model.max_value, nrow=nrow)
-    stem = "interpolation" if interpolate else "sample"
-    path = Path(output) if output else run.dir / "samples" / f"{stem}_seed{seed}.png"
-    fmt = IMAGE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"-o {path}: name a picture file ending in {', '.join(IMAGE_FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    tmp = path.with_name(f".tmp-{path.name}")
-    Image.fromarray(grid.squeeze(-1).numpy() if grid.shape[-1] == 1 else grid.numpy()).save(tmp, format=fmt)
-    tmp.replace(path)
-    run.log_image("samples/interpolation" if interpolate else "samples/grid", grid, folder="samples")
-    return {"output": str(path), "images": len(images), "seed": seed, "temperature": temperature,
-            "interpolate": interpolate, "label": label}  # fmt: skip
-

@@ -150,7 +150,7 @@ def test_the_critic_steps_n_critic_times_per_generator_step():
     cfg, model, data = _tiny("gan-digits", "--n-critic", "3", "--batch-size", "2")  # 16 images: 8 iterations
     assert [model.players_at(i) for i in range(1, 7)] == [("d",), ("d",), ("d", "g"), ("d",), ("d",), ("d", "g")]
     optimizers = make_optimizers(cfg, model)
-    _, iteration = train_epoch(cfg, model, optimizers, data, torch.Generator().manual_seed(0), 0)
+    _, iteration, _ = train_epoch(cfg, model, optimizers, data, torch.Generator().manual_seed(0), 0)
     steps = {p: int(next(iter(o.state.values()))["step"]) for p, o in optimizers.items()}
     assert iteration == 8 and steps == {"d": 8, "g": 2}
     assert cfg.lr_d == optimizers["d"].param_groups[0]["lr"] and optimizers["g"].param_groups[0]["betas"][0] == 0.5

@@ -158,7 +158,7 @@ def test_pixelcnn_digits_meets_its_likelihood_band(seed, in_tmp, capsys):
     """Its band: pixelcnn-digits as shipped reaches a test NLL of at most 85 nats per image (a 4-layer
     causal 1-D convolution over the raster order gets 85.8, independent pixels 106.5)."""
     from fovea.config import get_recipe
-    from fovea.generative.base import load_trained
+    from fovea.generative.evaluation import load_trained
     from fovea.run import Run
 
     assert main(["train", "pixelcnn-digits", "--name", "p", "--seed", str(seed), "--wandb", "disabled"]) == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -23,6 +22,7 @@ from fovea import distributed
 from fovea.backbones.transfer import start_from
 from fovea.config import BackboneSpec, Config, param, register_recipe, register_task
 from fovea.errors import ConfigError
+from fovea.fit import KeepBest, Update, fit, train_epoch
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
 from fovea.vision import data as vdata
@@ -253,15 +253,19 @@ def report(run: Run, model: nn.Module, split: vdata.ImageData, key: str = "test"
     return {**figures, "confusion": res["confusion"]}
 
 
-def stopped_early(cfg: ClassifierConfig, run: Run) -> bool:
-    """True once ``patience`` epochs have passed without a better validation accuracy."""
-    return bool(cfg.patience) and run.step - run.state.get("best_epoch", run.step) >= cfg.patience
+def stopped_early(cfg: ClassifierConfig, run: Run, keep: KeepBest) -> str | None:
+    """Why to stop, once ``patience`` epochs have passed without a better validation accuracy; else None."""
+    best = keep.record
+    if not cfg.patience or best.score is None or run.step - best.at < cfg.patience:
+        return None
+    return f"no better val/acc for {cfg.patience} epochs (best {best.figure:.4f} at epoch {best.at})"
 
 
 def train(cfg: ClassifierConfig, run: Run) -> dict:
     """Train the classifier of ``cfg`` on the train split and validate it every epoch, keeping the weights of the
-    best validation accuracy (stopping early after ``patience`` epochs without a better one; with
-    ``overfit_batch``, the sanity check instead: a few images, no regularisation, the last weights kept).
+    best validation accuracy (among equal accuracies the lowest loss; stopping early after ``patience`` epochs
+    without a better one; with ``overfit_batch``, the sanity check instead: a few images, no regularisation,
+    the last weights kept).
 
     Returns the summary figures of the kept weights {test/acc, test/loss, val/acc, train/acc, train/loss,
     best_epoch, epochs}; their confusion matrix on val is logged as a picture.
@@ -281,54 +285,44 @@ def train(cfg: ClassifierConfig, run: Run) -> dict:
     precision = Precision(cfg.amp, run.device)
     run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **precision.tracked())
     run.restore(fallback={"best": "model"})  # a run from before best weights were kept: its last ones
+    keep = KeepBest(run, model, best, "val/acc")
     augment, ratios = augmenter(cfg.augment), UpdateRatios(model)
     loss_fn = compiled(distributed.wrap(model, "loss"), cfg.compile)
     noise = distributed.rank_generator(shuffle, cfg.seed)
-    if stopped_early(cfg, run):
-        run.say(f"{run.dir} stopped early at epoch {run.step} (no better val/acc for {cfg.patience} epochs); "
-                f"raise --patience (or set it to 0) to train on.")  # fmt: skip
-    for epoch in run.loop(run.step if stopped_early(cfg, run) else cfg.epochs, unit="epoch", show="val/acc"):
-        start, seen, logged = time.perf_counter(), 0, {}
-        sums = torch.zeros(2, device=run.device)  # loss, correct (summed on the device: no sync per batch)
+    update = Update(lambda b: loss_fn((augment(b[0], noise), b[1]), cfg.label_smoothing), optimizer, precision,
+                    model.parameters)  # fmt: skip
+
+    def batches():  # batch norm cannot train on one image: a last batch of one is dropped
         for images, labels, total in vdata.global_batches(tr, cfg.batch_size, shuffle):
-            if len(labels) == 1 < len(tr):  # batch norm cannot train on one image: drop a last batch of one
-                continue
-            with precision.autocast():
-                out = loss_fn((augment(images, noise), labels), cfg.label_smoothing)
-            loss = distributed.scale_loss(out["loss"].float(), len(labels), total)
-            first = not logged
-            if first:  # the update / weight ratio of the epoch's first step (notes 6.6)
-                ratios.before()
-            skip = lambda: run.skip_step(loss, model.parameters())  # noqa: E731, B023  (called within backward)
-            if not precision.backward(loss, optimizer, skip=skip):
-                continue  # --on-nonfinite skip: this batch counts for nothing
-            if first:
-                logged = ratios.after()
-            sums += torch.stack([out["loss"].detach().float(), out["acc"].detach().float()]) * len(labels)
-            seen += len(labels)
-        if distributed.active():  # the figures of the whole global batch, not this rank's part
-            tot = distributed.total(torch.cat([sums, sums.new_tensor([seen])]))
-            sums, seen = tot[:2], float(tot[2])
+            if not len(labels) == 1 < len(tr):
+                yield (images, labels), len(labels), total
+
+    def train_one(epoch: int) -> tuple[dict, int]:
+        def first_step():  # the update / weight ratio of the epoch's first step (notes 6.6)
+            ratios.before()
+            return ratios.after
+
+        means, _, seen = train_epoch(batches(), lambda _: (update,), skip=run.skip_step, first_step=first_step)
         scheduler.step()
-        val = evaluate_split(model, splits["val"])
-        so_far = (run.state.get("best_val_acc", -1.0), -run.state.get("best_val_loss", 0.0))
-        if (val["acc"], -val["loss"]) > so_far or cfg.overfit_batch:  # the best accuracy; among equals, the lowest loss
-            best.load_state_dict(model.state_dict())  # (a sanity check keeps the last: it is about fitting)
-            run.state.update(best_val_acc=val["acc"], best_val_loss=val["loss"], best_epoch=epoch)
-        run.log({"train/loss": sums[0] / seen, "train/acc": sums[1] / seen, "val/loss": val["loss"],
-                 "val/acc": val["acc"], "val/best_acc": run.state["best_val_acc"],
-                 "train/lr": optimizer.param_groups[0]["lr"],
-                 "perf/samples_per_s": seen / (time.perf_counter() - start), **logged})  # fmt: skip
-        if stopped_early(cfg, run) and epoch < cfg.epochs:
-            run.stop_loop()
-            run.say(f"Early stop at epoch {epoch}: no better val/acc for {cfg.patience} epochs "
-                    f"(best {run.state['best_val_acc']:.4f} at epoch {run.state['best_epoch']}).")  # fmt: skip
-            break
+        return means, seen
+
+    def stop(epoch: int) -> str | None:
+        why = stopped_early(cfg, run, keep) if epoch < cfg.epochs else None
+        return f"Early stop at epoch {epoch}: {why}." if why else None
+
+    if stopped_early(cfg, run, keep):
+        run.say(f"{run.dir} stopped early at epoch {run.step} ({stopped_early(cfg, run, keep)}); "
+                f"raise --patience (or set it to 0) to train on.")  # fmt: skip
+    epochs = run.step if stopped_early(cfg, run, keep) else cfg.epochs
+    fit(run, epochs=epochs, train=train_one, validate=lambda _: evaluate_split(model, splits["val"]), keep=keep,
+        score=lambda v: None if cfg.overfit_batch else (v["acc"], -v["loss"]),  # (a sanity check keeps its last)
+        lr=lambda: optimizer.param_groups[0]["lr"], stop=stop, show="val/acc",
+        throughput="perf/samples_per_s")  # fmt: skip
     test, val = evaluate_split(best, splits["test"]), evaluate_split(best, splits["val"])
     run.log_image("val/confusion", confusion_image(val["confusion"]))
-    fit = evaluate_split(best, tr)
-    return {"test/acc": test["acc"], "test/loss": test["loss"], "val/acc": val["acc"], "train/acc": fit["acc"],
-            "train/loss": fit["loss"], "best_epoch": run.state.get("best_epoch", 0), "epochs": run.step}  # fmt: skip
+    fit_ = evaluate_split(best, tr)
+    return {"test/acc": test["acc"], "test/loss": test["loss"], "val/acc": val["acc"], "train/acc": fit_["acc"],
+            "train/loss": fit_["loss"], "best_epoch": keep.record.at, "epochs": run.step}  # fmt: skip
 
 
 def evaluate(cfg: ClassifierConfig, run: Run) -> dict:

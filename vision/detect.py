@@ -35,6 +35,7 @@ from torch import nn
 from fovea import distributed
 from fovea.config import BackboneSpec, Config, param, register_recipe, register_task, suggest
 from fovea.errors import ConfigError
+from fovea.fit import KeepBest, Update, fit, train_epoch
 from fovea.precision import Amp, Precision, channels_last, compiled
 from fovea.run import Run
 from fovea.tracking import wandb_boxes
@@ -181,48 +182,33 @@ def train(cfg: DetectorConfig, run: Run) -> dict:
     precision = Precision(cfg.amp, run.device)
     run.track(model=model, best=best, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, **precision.tracked())
     run.restore()
+    keep = KeepBest(run, model, best, "val/map")
     dev = run.device
     pin = dev.type == "cuda"  # batches in pinned memory, copied without blocking
     # find_unused: a feature pyramid may leave a backbone's last stages out, and Faster R-CNN's heads vary
     loss_fn = compiled(distributed.wrap(model, "loss", find_unused=True), cfg.compile)
     noise = distributed.rank_generator(shuffle, cfg.seed)
-    for epoch in run.loop(cfg.epochs, unit="epoch", show="val/map_50"):
-        start, seen, sums = time.perf_counter(), 0, {}
+    update = Update(lambda b: loss_fn(*b), optimizer, precision, model.parameters, cfg.grad_clip, scheduler)
+
+    def batches():
         for images, boxes, labels, total in training_batches(tr, cfg.batch_size, shuffle, noise, cfg.augment,
                                                              cfg.workers, pin):  # fmt: skip
-            images = images.to(dev, non_blocking=pin)
             boxes, labels = [b.to(dev, non_blocking=pin) for b in boxes], [c.to(dev, non_blocking=pin) for c in labels]
-            with precision.autocast():
-                out = loss_fn(images, boxes, labels)
-            loss = distributed.scale_loss(out["loss"].float(), len(images), total)
-            skip = lambda: run.skip_step(loss, model.parameters())  # noqa: E731, B023  (called within backward)
-            if not precision.backward(loss, optimizer, model.parameters(), cfg.grad_clip, skip=skip):
-                scheduler.step()  # (the schedule keeps to its steps; the skipped batch counts for nothing)
-                continue
-            scheduler.step()
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() * len(images)
-            seen += len(images)
-        elapsed = time.perf_counter() - start
-        if distributed.active():  # the losses of the whole global batch, not this rank's part
-            keys = sorted(sums)
-            tot = distributed.total(torch.stack([*(sums[k] for k in keys), torch.tensor(float(seen), device=dev)]))
-            sums, seen = dict(zip(keys, tot[:-1], strict=True)), float(tot[-1])
-        losses = {f"train/{k}": v / seen for k, v in sums.items()}
-        if not torch.isfinite(sums["loss"]):
-            run.log(losses)  # a RunError naming the loss, before broken weights are scored or saved
-        val = evaluate_split(model, splits["val"], cfg.score_threshold)
-        if val["map"] > run.state.get("best_val_map", -1.0):
-            best.load_state_dict(model.state_dict())
-            run.state.update(best_val_map=val["map"], best_epoch=epoch)
-        run.log({**losses, "val/map": val["map"],
-                 "val/map_50": val["map_50"], "val/map_75": val["map_75"], "val/best_map": run.state["best_val_map"],
-                 "train/lr": optimizer.param_groups[0]["lr"], "perf/images_per_s": seen / elapsed})  # fmt: skip
-        if run.main:
-            run.log_image("val/detections", picture(splits["val"], val["predictions"]))
+            yield (images.to(dev, non_blocking=pin), boxes, labels), len(images), total
+
+    def train_one(epoch: int) -> tuple[dict, int]:
+        means, _, seen = train_epoch(batches(), lambda _: (update,), skip=run.skip_step)
+        return means, seen
+
+    def validate(epoch: int) -> dict:
+        return evaluate_split(model, splits["val"], cfg.score_threshold)
+
+    fit(run, epochs=cfg.epochs, train=train_one, validate=validate, keep=keep, score=lambda v: (v["map"],),
+        media=lambda epoch, val: run.log_image("val/detections", picture(splits["val"], val["predictions"])),
+        lr=lambda: optimizer.param_groups[0]["lr"], show="val/map_50")  # fmt: skip
     test = evaluate_split(best, splits["test"], cfg.score_threshold)
     return {"test/map": test["map"], "test/map_50": test["map_50"], "test/map_75": test["map_75"],
-            "val/map": run.state.get("best_val_map", 0.0), "best_epoch": run.state.get("best_epoch", 0),
+            "val/map": keep.record.figure or 0.0, "best_epoch": keep.record.at,
             "epochs": run.step}  # fmt: skip
 
 
