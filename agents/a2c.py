@@ -293,7 +293,8 @@ def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, network: 
     (saliency of the chosen action's logit). Returns the figures: ``eval/mean_return`` and its spread, the
     network and the agent steps it was trained for."""
     net = load_network(cfg, run, build, network, key="net")
-    trained = run.state.get("best_step") if network == "best" else run.step * cfg.num_envs * getattr(cfg, "n_steps", 1)
+    final_steps = run.step * cfg.num_envs * getattr(cfg, "n_steps", 1)
+    trained = evaluation.best_record(run).at if network == "best" else final_steps
     figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, net, run.device, episodes)}
     if video or saliency:
         actor = PolicyActor(net, run.device, greedy=cfg.eval_greedy,

@@ -283,7 +283,7 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, network: 
     with ``video`` / ``saliency`` record one more to MP4. Returns the figures: ``eval/mean_return`` and its spread,
     the network and the agent steps it was trained for."""
     qnet = load_network(cfg, run, build, network, key="qnet")
-    trained = run.state.get("best_step") if network == "best" else run.step * cfg.num_envs
+    trained = evaluation.best_record(run).at if network == "best" else run.step * cfg.num_envs
     figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, qnet, run.device, episodes)}
     if video or saliency:
         gen = torch.Generator().manual_seed(cfg.seed + evaluation.VIDEO)

@@ -15,6 +15,7 @@ from torch import nn
 
 from fovea.agents.base import AgentConfig, make_env
 from fovea.errors import ConfigError
+from fovea.fit import Best, KeepBest
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -24,6 +25,7 @@ Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # score is a fresh estimate, never the maximum of the evaluations that chose the network; the video plays
 # cfg.seed + VIDEO. Each offset seeds the envs and the policy's action draws alike.
 SELECTION, VIDEO, SCORE = 10_000, 20_000, 1 << 30
+SELECTED_BY = "eval/mean_return"  # the figure of the selection games that picks the best network
 
 
 NETWORKS = ("final", "best")
@@ -112,10 +114,13 @@ def keep_best(run, net: nn.Module, best: nn.Module, steps: int, evaluate: Evalua
     finally:
         _FILM.clear()
     run.log({"eval/mean_return": res["eval/mean_return"], "eval/std_return": res["eval/std_return"]}, step=steps)
-    if res["eval/mean_return"] > run.state.get("best_return", -float("inf")):
-        run.state.update(best_return=res["eval/mean_return"], best_step=steps)
-        best.load_state_dict(net.state_dict())
+    KeepBest(run, net, best, SELECTED_BY).offer((res["eval/mean_return"],), steps, res["eval/mean_return"])
     return res
+
+
+def best_record(run) -> Best:
+    """What picked the run's best network: its selection return (``figure``) and the agent step (``at``)."""
+    return KeepBest(run, None, None, SELECTED_BY).record
 
 
 def finish_training(cfg: AgentConfig, run, net: nn.Module, best: nn.Module, agent_steps: int,
@@ -131,16 +136,14 @@ def finish_training(cfg: AgentConfig, run, net: nn.Module, best: nn.Module, agen
     if cfg.eval_episodes:
         keep_best(run, net, best, agent_steps, evaluate)
         final = evaluate(net, SCORE)
-        same = run.state["best_step"] == agent_steps
-        best_score = final if same else evaluate(best, SCORE)
+        record = best_record(run)
+        best_score = final if record.at == agent_steps else evaluate(best, SCORE)
         figures.update(final)
         figures.update({"eval/final_mean_return": final["eval/mean_return"],
                         "eval/best_mean_return": best_score["eval/mean_return"],
-                        "eval/best_selection_return": run.state["best_return"],
-                        "eval/best_step": run.state["best_step"]})  # fmt: skip
+                        "eval/best_selection_return": record.figure, "eval/best_step": record.at})  # fmt: skip
         run.log({k: figures[k] for k in ("eval/final_mean_return", "eval/best_mean_return")}, step=agent_steps)
     else:
-        best.load_state_dict(net.state_dict())
-        run.state["best_step"] = agent_steps
+        KeepBest(run, net, best, SELECTED_BY).take(agent_steps)
     run.save()
     return figures

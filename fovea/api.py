@@ -194,9 +194,15 @@ def load(run_dir: str | Path, *, network: str | None = None, device: str | None 
     (``sample``, ``nll``), a ``Classifier`` (``predict``, ``predict_proba``) or a ``Detector`` (``predict``); see
     fovea.models. ``network``: ``final`` (the last weights) or ``best`` (those kept by validation); default: the
     one the run's figures describe (agents: final; the others: best where one is kept). ``device``: default auto.
+    ``run_dir`` may also be a W&B model artifact, ``ENTITY/PROJECT/run-NAME-model[:ALIAS]`` (``latest`` when no
+    alias is given), which is downloaded into a run folder first (``fovea.tracking.fetch_artifact``).
     """
     from fovea import models
 
+    if isinstance(run_dir, str) and not Path(run_dir).exists() and run_dir.count("/") == 2:
+        from fovea.tracking import fetch_artifact
+
+        run_dir = fetch_artifact(run_dir)
     recipe, cfg, run = open_run(run_dir, device or "auto")
     return models.load(recipe, cfg, run, network)
 

@@ -105,6 +105,20 @@ def test_best_is_refused_where_a_run_keeps_only_its_last_weights(in_tmp):
         fovea.load("runs/nothing")
 
 
+def test_load_takes_a_wandb_model_artifact_reference(in_tmp, monkeypatch):
+    fovea.train("softmax-digits", name="s", wandb="disabled", epochs=1)
+    fetched = []
+
+    def fetch(ref):  # stands in for the download: the artifact laid out as a run folder
+        fetched.append(ref)
+        return in_tmp / "runs" / "s"
+
+    monkeypatch.setattr("fovea.tracking.fetch_artifact", fetch)
+    model = fovea.load("me/fovea/run-s-model:latest")
+    assert fetched == ["me/fovea/run-s-model:latest"]
+    assert model.predict(data.load("digits", "test").images[:2]).shape == (2,)
+
+
 def test_train_resumes_a_run_with_new_overrides(in_tmp):
     fovea.train("cnn-digits", name="c", wandb="disabled", epochs=1, **TINY_CNN)
     result = fovea.train(resume="runs/c", wandb="disabled", epochs=2)
