@@ -3,8 +3,10 @@
 Reads ``RUN_DIR/metrics.jsonl`` (and config.json): the training games' returns against agent steps and wall time,
 and the periodic evaluations (``eval/mean_return``: the network at that step on games seeded apart from every
 training game). ``steps_to`` gives, for each threshold, the first evaluation at or above it (None if none was).
-``final_return`` is the last evaluation's and ``best_return`` the best one's; where the run has finished, its
-summary's fresh-game score of the final network is added as ``final_fresh_return``.
+``wall_s_to`` the training time to that evaluation (the W&B runtimes of the run's sessions added up, pauses left
+out), and ``wall_s`` the whole run's. ``final_return`` is the last evaluation's and ``best_return`` the best
+one's; where the run has finished, its summary's fresh-game score of the final network is added as
+``final_fresh_return``.
 
     python -m benchmarks.atari_curve ~/fovea-runs/a2c-pong --out benchmarks/results/a2c_pong --commit 61122f3
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,21 @@ THRESHOLDS = (-10, 0, 10, 18)
 def read(run_dir: Path) -> tuple[list[dict], dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return rows, json.loads((run_dir / "config.json").read_text())
+
+
+def training_seconds(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, seconds of training so far) for every history row of the run's W&B offline files, one file per
+    session, each session's ``_runtime`` added to the sessions before it (the pauses between sessions do not
+    count). Empty when the run logged no W&B offline files."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from wandb_reader import history  # the offline-file reader the tests use
+
+    out, before = [], 0.0
+    for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        rows = [r for r in history(f) if "_runtime" in r and "global_step" in r]
+        out += [(int(r["global_step"]), before + float(r["_runtime"])) for r in rows]
+        before += max((float(r["_runtime"]) for r in rows), default=0.0)
+    return sorted(out)
 
 
 def smooth(y: np.ndarray, k: int) -> np.ndarray:
@@ -77,16 +95,24 @@ def main(argv: list[str] | None = None) -> dict:
     rows, config = read(run_dir)
     train = np.array([(r["step"], r["train/episodic_return"]) for r in rows if "train/episodic_return" in r])
     evals = np.array([(r["step"], r["eval/mean_return"]) for r in rows if "eval/mean_return" in r])
-    # wall time from the run folder's start (config.json) to its latest metrics line (a resumed run's pause counts)
-    wall = (run_dir / "metrics.jsonl").stat().st_mtime - (run_dir / "config.json").stat().st_mtime
+    # training time: the sessions' W&B runtimes added up (pauses between sessions left out); without W&B
+    # files, from the run folder's creation to its latest metrics line
+    timed = training_seconds(run_dir)
+    folder_s = (run_dir / "metrics.jsonl").stat().st_mtime - (run_dir / "config.json").stat().st_mtime
+    wall = timed[-1][1] if timed else folder_s
     steps = int(max(r["step"] for r in rows))
     eval_list = [(int(s), float(v)) for s, v in evals]
+
+    def seconds_at(step: int | None) -> float | None:
+        return next((round(t, 1) for s, t in timed if s >= step), None) if step is not None and timed else None
+
     summary = {
         "algo": config["recipe"].split("-")[0], "env": config["config"]["env"], "recipe": config["recipe"],
         "agent_steps": steps, "wall_s": round(wall, 1) if wall else None, "device": args.device, "commit": args.commit,
         "command": args.command, "best_return": max(v for _, v in eval_list) if eval_list else None,
         "final_return": eval_list[-1][1] if eval_list else None,
         "steps_to": {str(t): next((s for s, v in eval_list if v >= t), None) for t in THRESHOLDS},
+        "wall_s_to": {str(t): seconds_at(next((s for s, v in eval_list if v >= t), None)) for t in THRESHOLDS},
         "evaluations": eval_list, "eval_episodes": config["config"]["eval_episodes"],
         "figure": "eval/mean_return: the network at that step on games seeded apart from every training game",
     }  # fmt: skip
