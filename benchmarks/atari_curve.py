@@ -6,7 +6,7 @@ training game). ``steps_to`` gives, for each threshold, the first evaluation at 
 ``wall_s_to`` the training time to that evaluation (the W&B runtimes of the run's sessions added up, pauses left
 out), and ``wall_s`` the whole run's. ``final_return`` is the last evaluation's and ``best_return`` the best
 one's; where the run has finished, its summary's fresh-game score of the final network is added as
-``final_fresh_return``.
+``final_fresh_return`` (or, for a stopped run, that of ``fovea eval RUN_DIR``'s eval.json).
 
     python -m benchmarks.atari_curve ~/fovea-runs/a2c-pong --out benchmarks/results/a2c_pong --commit 61122f3
 
@@ -116,13 +116,18 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluations": eval_list, "eval_episodes": config["config"]["eval_episodes"],
         "figure": "eval/mean_return: the network at that step on games seeded apart from every training game",
     }  # fmt: skip
-    done = run_dir / "summary.json"
+    done, scored = run_dir / "summary.json", run_dir / "eval.json"
     if done.exists():
         summary["final_fresh_return"] = json.loads(done.read_text()).get("eval/mean_return")
+    elif scored.exists():  # `fovea eval RUN_DIR` of a stopped run: its final network on fresh games
+        e = json.loads(scored.read_text())
+        summary.update({"final_fresh_return": e.get("eval/mean_return"), "final_fresh_std": e.get("eval/std_return"),
+                        "final_fresh_episodes": e.get("eval/episodes"), "final_fresh_steps": e.get("trained_steps")})
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "curve.json").write_text(json.dumps({"train": train.round(2).tolist(), "eval": eval_list}) + "\n")
-    plot(train, evals, out / "curve.png", f"{config['recipe']}: {steps / 1e6:.2f}M agent steps, {args.device}")
+    device = args.device.split(":")[0]  # the title keeps the device's name; summary.json has the rest
+    plot(train, evals, out / "curve.png", f"{config['recipe']}: {steps / 1e6:.2f}M agent steps, {device}")
     print(json.dumps(summary))
     return summary
 
