@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import nn
 
-Kind = Literal["image", "vector", "sequence", "decoder"]
+Kind = Literal["image", "vector", "sequence", "decoder", "denoiser"]
 
 
 class BackboneError(ValueError):

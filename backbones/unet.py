@@ -76,7 +76,7 @@ class Level(nn.Module):
         self.attn = nn.ModuleList(Attention(c_out) if attend else nn.Identity() for _ in widths_in)
 
 
-@register("unet", kind="denoiser", tiny={"widths": (8, 16), "blocks": 1, "attention_at": 20})  # type: ignore[arg-type]
+@register("unet", kind="denoiser", tiny={"widths": (8, 16), "blocks": 1, "attention_at": 20})
 class UNet(nn.Module):
     """A time-conditioned U-Net: residual blocks with a timestep embedding, skip connections, attention.
 

@@ -37,7 +37,7 @@ from fovea.run import Run
 from fovea.vision import data as vdata
 
 LN2 = math.log(2.0)
-NLLKind = Literal["exact", "estimate"]  # the NLL itself (PixelCNN, PixelRNN) or an upper bound on it (VAE: IWAE)
+NLLKind = Literal["exact", "estimate", "bound"]  # the NLL itself, an estimate (VAE: IWAE), or a bound (diffusion)
 
 
 class GenerativeModel(nn.Module):

@@ -64,7 +64,7 @@ class Diffusion(GenerativeModel):
         bound_terms: timesteps of the bound's sum each ``nll`` evaluates per image (0: all T - 1).
     """
 
-    nll_kind = "bound"  # type: ignore[assignment]  # an upper bound on -log p(x), not an estimate of it
+    nll_kind = "bound"  # an upper bound on -log p(x), not an estimate of it
 
     def __init__(self, net: nn.Module, *, shape: tuple[int, int, int], max_value: int, num_classes: int = 0,
                  timesteps: int = 1000, schedule: ScheduleKind = "linear", ema: float = 0.999, p_uncond: float = 0.1,
