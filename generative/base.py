@@ -98,9 +98,32 @@ class GenerativeModel(nn.Module):
         """Floats in [0, 1] -> the nearest pixel level, uint8."""
         return (x.clamp(0, 1) * self.max_value).round().to(torch.uint8)
 
+    def labels_for(self, labels: torch.Tensor | None, n: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor | None:  # fmt: skip
+        """The labels a conditional model is given (drawn uniformly when none), None for an unconditional one."""
+        if not self.num_classes:
+            return None
+        if labels is None:
+            labels = torch.randint(self.num_classes, (n,), generator=generator)
+        return labels.to(self.device).long()
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+@torch.no_grad()
+def ema_step(average: nn.Module, live: nn.Module, updates: torch.Tensor, decay: float) -> None:
+    """One step of an exponential moving average of ``live``'s weights into ``average`` (buffers are copied).
+    ``updates`` (a counter on the device, incremented here: no host sync per step) warms the decay up as
+    ``min(decay, (1 + n) / (10 + n))`` so the average forgets the random start."""
+    updates += 1
+    n = updates.float()
+    weight = 1 - ((1 + n) / (10 + n)).clamp(max=decay)
+    for avg, cur in zip(average.parameters(), live.parameters(), strict=True):
+        avg.lerp_(cur, weight)
+    for avg, cur in zip(average.buffers(), live.buffers(), strict=True):
+        avg.copy_(cur)
 
 
 def noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -43,7 +43,7 @@ from torch import nn
 
 from fovea.config import BackboneSpec, param, register_recipe
 from fovea.errors import ConfigError
-from fovea.generative.base import GenConfig, GenerativeModel, noise, register_model
+from fovea.generative.base import GenConfig, GenerativeModel, ema_step, noise, register_model
 from fovea.generative.diffusion_schedule import Schedule, ScheduleKind, ddim_timesteps, log_mass_gaussian_bins
 from fovea.vision.data import ImageData
 
@@ -90,29 +90,13 @@ class Diffusion(GenerativeModel):
     def update_ema(self) -> None:
         """One step of the moving average of the weights (buffers are copied); the decay warms up as
         ``min(ema, (1 + n) / (10 + n))`` so the average forgets the random start."""
-        if self.ema_net is None:
-            return
-        self.ema_updates += 1
-        n = self.ema_updates.float()  # on the device: no host sync per step
-        weight = 1 - ((1 + n) / (10 + n)).clamp(max=self.ema)
-        for avg, live in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
-            avg.lerp_(live, weight)
-        for avg, live in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
-            avg.copy_(live)
+        if self.ema_net is not None:
+            ema_step(self.ema_net, self.net, self.ema_updates, self.ema)
 
     # --- pixels
     def to_signed(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels -> x_0 in [-1, 1]."""
         return 2 * self.to_unit(images) - 1
-
-    def labels_for(self, labels: torch.Tensor | None, n: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor | None:  # fmt: skip
-        """The labels a conditional model is given (drawn uniformly when none), None for an unconditional one."""
-        if not self.num_classes:
-            return None
-        if labels is None:
-            labels = torch.randint(self.num_classes, (n,), generator=generator)
-        return labels.to(self.device).long()
 
     # --- training
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from torch import nn
 
 from fovea.config import BackboneSpec, param, register_recipe
 from fovea.errors import ConfigError
-from fovea.generative.base import GenConfig, GenerativeModel, noise, register_model
+from fovea.generative.base import GenConfig, GenerativeModel, ema_step, noise, register_model
 from fovea.vision import data as vdata
 
 Loss = Literal["ns", "hinge", "wgan-gp"]
@@ -190,24 +190,8 @@ class GAN(GenerativeModel):
     def update_ema(self) -> None:
         """One step of the moving average of G's weights (batch-norm statistics are copied). The decay warms
         up as ``min(ema, (1 + t) / (10 + t))`` so the average does not hold on to the random start."""
-        if self.generator_ema is None:
-            return
-        self.ema_updates += 1
-        t = self.ema_updates.float()  # on the device: no host sync per step
-        weight = 1 - ((1 + t) / (10 + t)).clamp(max=self.ema)
-        for avg, live in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
-            avg.lerp_(live, weight)
-        for avg, live in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            avg.copy_(live)
-
-    def labels_for(self, labels: torch.Tensor | None, n: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor | None:  # fmt: skip
-        """The labels a conditional model is given (drawn uniformly when none), None for an unconditional one."""
-        if not self.num_classes:
-            return None
-        if labels is None:
-            labels = torch.randint(self.num_classes, (n,), generator=generator)
-        return labels.to(self.device).long()
+        if self.generator_ema is not None:
+            ema_step(self.generator_ema, self.generator, self.ema_updates, self.ema)
 
     # --- training
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor], player: str = "d") -> dict[str, torch.Tensor]:
