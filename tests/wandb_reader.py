@@ -14,7 +14,19 @@ BLOCK, HEADER = 32768, 7
 FULL, LAST = 1, 4
 
 
+def settle() -> None:
+    """Wait until W&B has written every run file of this process.
+
+    ``run.finish()`` returns once the run's data reached the W&B service, which closes the run's file (its last
+    block, the console's output.log) a few milliseconds later; ``wandb.teardown()`` waits for that.
+    """
+    import wandb
+
+    wandb.teardown()
+
+
 def records(path: Path) -> list[bytes]:
+    settle()
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
     out, buf, pos = [], b"", HEADER
