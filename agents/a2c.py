@@ -160,7 +160,7 @@ def train(cfg: A2CConfig, run: Run, learn: Learn | None = None) -> dict:
     width = n * t_len
     episodes: list = []  # (rollout step, finished games) of the current rollout
     start_time, start_steps = time.perf_counter(), run.step * width
-    for it in run.loop(iterations, unit="update", show="train/episodic_return"):
+    for it in run.loop(iterations, unit="agent steps", show="train/episodic_return", per_step=width):
         steps = it * width
         state0 = None if state is None else tuple(s.clone() for s in state)
         with fast.autocast():
@@ -326,7 +326,7 @@ register_recipe(
         ent_coef=0.01,
         eval_episodes=100,
         eval_every=10_000,
-        checkpoint_every=200,
+        checkpoint_every=16_000,
     ),  # fmt: skip
     "A2C with a small CNN on the 10x5 Catch pixels",
 )
@@ -336,7 +336,7 @@ register_recipe(
 # recipes torch's, which learned Breakout faster on one seed (16.8 vs 2.1 mean training return over 0.75-1M steps).
 _ATARI = dict(backbone=BackboneSpec(name="nature-cnn"), num_envs=16, total_steps=10_000_000, ent_coef=0.01,
               vf_coef=0.25, clip_rewards=True, sticky=0.0, eval_greedy=False, eval_episodes=30, eval_every=500_000,
-              checkpoint_every=5_000)  # fmt: skip
+              checkpoint_every=400_000)  # fmt: skip
 for _game in ("pong", "breakout"):
     register_recipe(f"a2c-{_game}", A2CConfig(env=_game, **_ATARI),
                     f"A2C on Atari {_game.capitalize()} with RL Zoo's settings but torch's RMSprop (16 envs, no "

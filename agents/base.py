@@ -60,8 +60,8 @@ class AgentConfig(Config):
     """Film one more episode at each evaluation during training (runs/NAME/videos/, W&B): auto films Atari only."""
     seed: int = 0
     """Seeds every RNG and the envs."""
-    checkpoint_every: int = param(10_000, ge=1)
-    """Loop iterations between checkpoints: vector steps (DQN), rollouts (A2C) or batches of episodes (REINFORCE)."""
+    checkpoint_every: int = param(100_000, ge=1)
+    """Agent steps between checkpoints (rounded down to whole vector steps or rollouts; at least one of those)."""
     amp: Literal["auto", "off", "bf16"] = "auto"
     """Mixed precision of the forward passes: auto (bf16 autocast on CUDA, fp32 elsewhere), off, or bf16 (also on
     the CPU, slowly). The heads, TD targets, returns and losses stay in fp32."""

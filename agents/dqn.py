@@ -172,7 +172,7 @@ def train(cfg: DQNConfig, run: Run) -> dict:
         actions, epsilon = carry.values["pending"]
         pending = (np.asarray(actions), float(epsilon))
         envs.send(pending[0])
-    for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
+    for it in run.loop(iterations, unit="agent steps", show="train/episodic_return", per_step=cfg.num_envs):
         steps = it * cfg.num_envs  # agent steps after this iteration
         actions, epsilon = pending or act(obs, steps)
         next_obs, reward, term, trunc, info = envs.recv()

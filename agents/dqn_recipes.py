@@ -24,7 +24,7 @@ register_recipe(
         eps_end=0.05,
         eps_fraction=0.5,
         eval_episodes=100,
-        checkpoint_every=1000,
+        checkpoint_every=4_000,
     ),
     "DQN with a small CNN on the 10x5 Catch pixels: catches the ball in >90% of episodes within 20k steps",
 )

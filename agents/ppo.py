@@ -187,7 +187,7 @@ register_recipe(
     "ppo-catch",
     PPOConfig(env="catch", backbone=catch_cnn(), num_envs=16, n_steps=16, n_epochs=4, num_minibatches=4,
               total_steps=40_000, gamma=0.99, gae_lambda=0.95, ent_coef=0.01, lr=1e-3, shared_backbone=True,
-              eval_episodes=100, eval_every=10_000, checkpoint_every=200),  # fmt: skip
+              eval_episodes=100, eval_every=10_000, checkpoint_every=50_000),  # fmt: skip
     "PPO with a small CNN on the 10x5 Catch pixels",
 )
 # CleanRL's ppo_atari.py (and RL Zoo's PPO on Atari): 8 envs x 128 steps, 4 epochs of 4 minibatches, clip 0.1, Adam
@@ -196,7 +196,7 @@ register_recipe(
 _ATARI = dict(backbone=BackboneSpec(name="nature-cnn"), num_envs=8, n_steps=128, n_epochs=4, num_minibatches=4,
               total_steps=10_000_000, gamma=0.99, gae_lambda=0.95, clip_range=0.1, clip_decay=False, ent_coef=0.01,
               lr=2.5e-4, shared_backbone=True, clip_rewards=True, sticky=0.0, eval_greedy=False, eval_episodes=30,
-              eval_every=500_000, checkpoint_every=500)  # fmt: skip
+              eval_every=500_000, checkpoint_every=500_000)  # fmt: skip
 for _game in ("pong", "breakout"):
     register_recipe(f"ppo-{_game}", PPOConfig(env=_game, **_ATARI),
                     f"PPO on Atari {_game.capitalize()} with CleanRL's ppo_atari settings (8 envs x 128 steps, "

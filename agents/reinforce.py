@@ -71,8 +71,8 @@ class ReinforceConfig(AgentConfig):
     """Policy and value share the trunk (false: V(s) has its own, as for small state-vector tasks)."""
     eval_greedy: bool = True
     """Evaluate with the most probable action (false: sample from the policy)."""
-    checkpoint_every: int = param(5_000, ge=1)
-    """Vector steps (iterations of all envs) between checkpoints."""
+    checkpoint_every: int = param(50_000, ge=1)
+    """Agent steps between checkpoints (rounded down to whole vector steps)."""
 
     def validate(self) -> None:
         super().validate()
@@ -160,7 +160,7 @@ def train(cfg: ReinforceConfig, run: Run) -> dict:
     obs = env.obs if exact else env.reset(seed=cfg.seed + run.step)
     iterations = cfg.total_steps // n
     start_time, start_steps = time.perf_counter(), run.step * n
-    for it in run.loop(iterations, unit="vector step", show="train/episodic_return"):
+    for it in run.loop(iterations, unit="agent steps", show="train/episodic_return", per_step=n):
         steps = it * n
         with torch.no_grad(), fast.autocast():
             logits, _, _ = net(torch.as_tensor(obs, device=dev)[:, None])

@@ -235,7 +235,7 @@ def evaluate(run_dir: str | Path, *, device: str = "auto", wandb: str = "auto", 
     run.attach_tracker(wandb, project)
     with run:
         figures = recipe.task.evaluate(cfg, run, **options)
-        figures = {"run": str(run.dir), "step": run.step, **figures}
+        figures = {"run": str(run.dir), "step": run.units, **figures}
         run.finish(figures)
     return figures
 
@@ -248,7 +248,7 @@ def act(action: str, run_dir: str | Path, *, device: str = "auto", wandb: str = 
     run.attach_tracker(wandb, project, job_type=action)  # its own W&B run (job_type sample, explain or detect)
     with run:
         figures = getattr(recipe.task, action)(cfg, run, **options)
-    return {"run": str(run.dir), "step": run.step, **figures}
+    return {"run": str(run.dir), "step": run.units, **figures}
 
 
 def search(recipe: str, params: list[str], *, config=None, trials: int = 8, rounds: int = 2, rank_by: str = "val/acc",

@@ -163,6 +163,7 @@ class Run:
         self.keep_checkpoints = keep_checkpoints
         self.evaluating, self.resuming = evaluate, resume
         self.step = 0
+        self.per_step = 1  # what one loop step counts in the run's unit (agent steps: num_envs x n_steps), see loop
         self.state: dict[str, Any] = {}
         self._objects: dict[str, Any] = {}
         self._optional: set[str] = set()  # tracked objects an older checkpoint may lack
@@ -293,20 +294,26 @@ class Run:
             k: (o.get_state() if isinstance(o, torch.Generator) else o.state_dict()) for k, o in self._objects.items()
         }
         offset = self.tracker.offset() if self.tracker else 0
-        return {"objects": objs, "state": self.state, "step": self.step, "rng": rng_state(), "metrics_offset": offset}
+        return {"objects": objs, "state": self.state, "step": self.step, "per_step": self.per_step, "rng": rng_state(),
+                "metrics_offset": offset}  # fmt: skip
+
+    @property
+    def units(self) -> int:
+        """The step in the run's unit: agent steps for an agent (loop steps x ``per_step``), else loop steps."""
+        return self.step * self.per_step
 
     def save(self) -> Path:
         """Write a checkpoint of the current step (atomically) and keep the newest ``keep_checkpoints``
         (rank 0 writes it under torchrun; the others hold the same weights)."""
-        path = self.ckpt_dir / f"step_{self.step:09d}"
+        path = self.ckpt_dir / f"step_{self.units:09d}"
         if not self.main:
             return path
         checkpoint.save(path, self._gather(), meta={"recipe": self.recipe, "config_class": self.meta["config_class"],
-                                                     "step": self.step})  # fmt: skip
+                                                     "step": self.units})  # fmt: skip
         checkpoint.prune(self.ckpt_dir, self.keep_checkpoints, keep=tuple(self._pinned()))
         if self.tracker is not None:  # a model Artifact (aliases latest, and best when the best network changed)
             best = {k: v for k, v in self.state.items() if k.startswith("best")} if "best" in self._objects else None
-            self.tracker.log_checkpoint(path, step=self.step, best_marker=None if best is None else repr(best),
+            self.tracker.log_checkpoint(path, step=self.units, best_marker=None if best is None else repr(best),
                                         metadata={"recipe": self.recipe})  # fmt: skip
         return path
 
@@ -363,7 +370,7 @@ class Run:
                 continue
             if self.resuming:
                 self._commit_resume(offset)
-                self.say(f"Resumed {self.dir} from {p.name} (step {self.step}).")
+                self.say(f"Resumed {self.dir} from {p.name} (step {self.units}).")
             return True
         raise errors[0]
 
@@ -394,13 +401,14 @@ class Run:
                 ) from None
         try:
             step, run_state, offset = int(state["step"]), dict(state.get("state") or {}), int(state["metrics_offset"])
+            per_step = int(state.get("per_step", 1))  # (older checkpoints named loop steps)
             if not self.evaluating:
                 set_rng_state(state["rng"])
                 if not self.main:  # rank 0's RNG states: give this rank its own noise again
                     seed_everything(getattr(self.config, "seed", 0) + 7919 * distributed.rank() + int(state["step"]))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is malformed ({type(e).__name__}: {e})") from None
-        self.step, self.state, self._loaded = step, run_state, loaded
+        self.step, self.per_step, self.state, self._loaded = step, per_step, run_state, loaded
         return offset
 
     def _commit_resume(self, offset: int) -> None:
@@ -418,32 +426,37 @@ class Run:
         return not checkpoint.list_checkpoints(self.ckpt_dir) and (not metrics.exists() or metrics.stat().st_size == 0)
 
     # ------------------------------------------------------------------ the loop
-    def loop(self, total: int, *, unit: str = "step", show: str | None = None) -> Iterator[int]:
+    def loop(self, total: int, *, unit: str = "step", show: str | None = None, per_step: int = 1) -> Iterator[int]:
         """Yield steps ``run.step + 1 .. total`` (1-based); after each, checkpoint when due or asked to stop.
 
         Args:
-            total: the last step (epochs, env steps, ...).
-            unit: what a step is, for the progress bar.
+            total: the last step (epochs, vector steps, rollouts, ...).
+            unit: what the run counts in (the progress bar, checkpoint names, `fovea eval`'s step).
             show: the metric the progress bar shows (the figure that matters, e.g. ``val/acc``).
+            per_step: how many ``unit`` one loop step is: an agent's loop step is ``num_envs`` (x ``n_steps``)
+                agent steps, so the bar, the checkpoints (``step_<agent steps>``) and the metrics all count agent
+                steps.
         """
-        every = max(1, int(getattr(self.config, "checkpoint_every", 0) or total))
+        self.per_step = per_step
+        every = max(1, int(getattr(self.config, "checkpoint_every", 0) or total * per_step) // per_step)
         self._show = show
         self._start_tracker()  # (a resume starts it in restore(); a train function that never restores, here)
         if self.step >= total:
-            self.say(f"{self.dir} is at step {self.step} of {total}; nothing to train (raise the total to go on)")
+            self.say(f"{self.dir} is at step {self.units} of {total * per_step}; nothing to train (raise the total "
+                     f"to go on)")  # fmt: skip
         self._start_progress(total, unit)
         for s in range(self.step + 1, total + 1):
             self.step = s
             yield s
             if self._progress is not None:
-                self._progress.update(self._task, completed=s)
+                self._progress.update(self._task, completed=s * per_step)
             if distributed.active() and distributed.any_rank(self._stop is not None):  # all ranks stop at one step
                 self._stop = self._stop or signal.SIGTERM
             if self._stop is not None:
                 path = self.save()
                 self._stop_progress()
                 self.say(f"Checkpoint saved: {path}. Resume with: fovea train --resume {self.dir}")
-                raise Interrupted(self._stop, s, self.dir)
+                raise Interrupted(self._stop, self.units, self.dir)
             if s % every == 0 and s < total:
                 self.save()
         self.save()
@@ -462,7 +475,7 @@ class Run:
         self._progress = Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
                                   TextColumn("{task.fields[figure]}"), console=console, transient=False)  # fmt: skip
-        self._task = self._progress.add_task(self.name, total=total, completed=self.step, figure="")
+        self._task = self._progress.add_task(self.name, total=total * self.per_step, completed=self.units, figure="")
         self._progress.start()
 
     def _stop_progress(self) -> None:

@@ -323,3 +323,18 @@ def test_a_compiled_a2c_run_checkpoints_and_resumes(in_tmp, capsys):
     assert not [k for k in state["objects"]["net"] if "_orig_mod" in k]
     assert main(["train", "--resume", "runs/co", "--total-steps", "600"]) == 0
     assert _last_json(capsys)["agent_steps"] == 600
+
+
+def test_an_agent_run_counts_agent_steps_throughout(in_tmp, capsys):
+    """One step unit: checkpoints, the resume notice and `fovea eval`'s step count agent steps, as the metrics
+    do, not vector steps or rollouts (4 envs x 5 steps: one rollout is 20 agent steps)."""
+    argv = ["train", "a2c-catch", "--name", "u", "--wandb", "disabled", "--num-envs", "4", "--n-steps", "5",
+            "--total-steps", "400", "--checkpoint-every", "200", "--eval-episodes", "0"]  # fmt: skip
+    assert main(argv) == 0
+    names = [p.name for p in (in_tmp / "runs/u/checkpoints").iterdir()]
+    assert sorted(names) == ["step_000000200", "step_000000400"]
+    assert "agent steps" in capsys.readouterr().err  # the progress bar's unit
+    assert main(["train", "--resume", "runs/u", "--total-steps", "600"]) == 0
+    assert "from step_000000400 (step 400)" in capsys.readouterr().err
+    assert main(["eval", "runs/u", "--episodes", "1", "--wandb", "disabled"]) == 0
+    assert _last_json(capsys)["step"] == 600
