@@ -210,7 +210,7 @@ def test_a_compiled_bf16_run_learns_checkpoints_and_resumes(in_tmp, capsys):
     from fovea import checkpoint
 
     argv = ["train", "dqn-catch", "--name", "co", "--wandb", "disabled", "--compile", "true", "--amp", "bf16",
-            "--total-steps", "600", "--learning-starts", "100", "--train-every", "2", "--checkpoint-every", "75",
+            "--total-steps", "600", "--learning-starts", "100", "--train-every", "2", "--checkpoint-every", "300",
             "--eval-every", "0", "--eval-episodes", "2"]  # fmt: skip
     assert main(argv) == 0
     state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/co/checkpoints")[-1])
@@ -220,7 +220,7 @@ def test_a_compiled_bf16_run_learns_checkpoints_and_resumes(in_tmp, capsys):
     assert len(losses) == 2 and all(np.isfinite(losses)), losses  # 250 updates, logged every 100
     assert main(["train", "--resume", "runs/co", "--total-steps", "800"]) == 0
     out = capsys.readouterr()
-    assert "from step_000000150 (step 150)" in out.err
+    assert "from step_000000600 (step 600)" in out.err
     assert json.loads(out.out.strip().splitlines()[-1])["agent_steps"] == 800
 
 

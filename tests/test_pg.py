@@ -132,7 +132,7 @@ def _last_json(capsys) -> dict:
 @pytest.mark.parametrize("recipe", ["a2c-cartpole", "reinforce-cartpole"])
 def test_policy_gradient_recipes_train_log_and_resume(recipe, in_tmp, capsys):
     argv = ["train", recipe, "--name", "pg", "--total-steps", "2000", "--eval-every", "1000", "--eval-episodes", "2",
-            "--checkpoint-every", "10"]  # fmt: skip
+            "--checkpoint-every", "400"]  # fmt: skip
     assert main(argv) == 0
     first = _last_json(capsys)
     assert first["agent_steps"] == 2000 and first["eval/final_mean_return"] == first["eval/mean_return"]
@@ -317,7 +317,7 @@ def test_a_compiled_a2c_run_checkpoints_and_resumes(in_tmp, capsys):
     from fovea import checkpoint
 
     argv = ["train", "a2c-cartpole", "--name", "co", "--wandb", "disabled", "--compile", "true", "--total-steps",
-            "400", "--checkpoint-every", "5", "--eval-every", "0", "--eval-episodes", "2"]  # fmt: skip
+            "400", "--checkpoint-every", "200", "--eval-every", "0", "--eval-episodes", "2"]  # fmt: skip
     assert main(argv) == 0
     state, _ = checkpoint.load(checkpoint.list_checkpoints(in_tmp / "runs/co/checkpoints")[-1])
     assert not [k for k in state["objects"]["net"] if "_orig_mod" in k]

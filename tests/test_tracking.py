@@ -59,7 +59,7 @@ def agent(tmp_path_factory):
     os.chdir(root)
     try:
         argv = ["train", "dqn-catch", "--name", "c", "--total-steps", "400", "--learning-starts", "100", "--eval-every",
-                "200", "--eval-episodes", "2", "--eval-video", "on", "--checkpoint-every", "60"]  # fmt: skip
+                "200", "--eval-episodes", "2", "--eval-video", "on", "--checkpoint-every", "240"]  # fmt: skip
         assert main(argv) == 0
         assert main(["eval", "runs/c", "--episodes", "3", "--wandb", "offline"]) == 0
     finally:
@@ -78,7 +78,7 @@ def test_training_run_holds_model_artifacts_with_latest_and_best(agent):
     aliases = [set(a.aliases) for a in arts]
     assert all("latest" in a for a in aliases) and any("best" in a for a in aliases)
     # the first checkpoint at once, then at most one version per FOVEA_ARTIFACT_EVERY_S; the final one at the end
-    assert len(arts) == 2 and any(f.startswith("checkpoints/step_000000100/") for f in files)
+    assert len(arts) == 2 and any(f.startswith("checkpoints/step_000000400/") for f in files)
 
 
 @slow
