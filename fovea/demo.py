@@ -17,14 +17,15 @@ DEMO_GAN_EPOCHS = 40
 # batch 32 reached 0.16-0.29
 DEMO_DETECTOR = ["--train-images", "1500", "--epochs", "3", "--batch-size", "16", "--eval-images", "200"]
 # ... on the demo classifier's backbone (--backbone-from, the ConvNet 64-128 of cnn-digits): seed 0, mAP@.5 0.72 ->
-# 0.90 and mAP@[.5:.95] 0.55 -> 0.71, most wrong labels in the picture gone (69 s -> 93 s beside other jobs)
+# 0.90-0.91 and mAP@[.5:.95] 0.55 -> 0.71-0.72, most wrong labels in the picture gone (69 s -> 93 s beside other jobs)
 DEMO_TRANSFER = ["--backbone.widths", "64,128", "--backbone-from"]
 
 
 def run(args: argparse.Namespace) -> None:
     """The three things Fovea is for, on embedded data, in about 2 minutes on 2 CPU cores: a CNN classifying the
-    8x8 digits, a class-conditional GAN drawing new ones (a row per digit), a detector finding digits on canvases, then a DQN agent learning Catch
-    from pixels, recorded on video. ``args``: the run options of ``fovea demo``."""
+    8x8 digits, a class-conditional GAN drawing new ones (a row per digit), a detector on the CNN's backbone finding
+    digits on canvases, then a DQN agent learning Catch from pixels, recorded on video. ``args``: the run options of
+    ``fovea demo``."""
     base, job = args.name, dict(device=args.device, wandb=args.wandb, project=args.project)
 
     def train_one(recipe: str, suffix: str, overrides: list[str]) -> tuple[dict, Path]:
@@ -45,8 +46,9 @@ def run(args: argparse.Namespace) -> None:
     err.print(f"  classifier     {run_dir}/: test accuracy {figures['test/acc']:.1%} on the 8x8 digits")
     err.print(f"  generator      {gan_dir}/: a class-conditional GAN, {gan['epochs']} epochs")
     err.print(f"  sample grid    {grid['output']} (a row per digit 0-7)")
-    err.print(f"  detector       {detector_dir}/: FCOS on the classifier's backbone, mAP@.5 {detections['test/map_50']:.2f} and mAP@[.5:.95] "
-              f"{detections['test/map']:.2f} on canvases of 1-5 digits")  # fmt: skip
+    err.print(f"  detector       {detector_dir}/: FCOS on the classifier's backbone, mAP@.5 "
+              f"{detections['test/map_50']:.2f} and mAP@[.5:.95] {detections['test/map']:.2f} on canvases of 1-5 "
+              "digits")  # fmt: skip
     err.print(f"  detections     {detections['detections_png']}")
     err.print(f"  agent          {agent_dir}/: catches the ball in {caught:.0%} of {agent['eval/episodes']} games")
     err.print(f"  agent video    {watched['video']}")
