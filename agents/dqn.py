@@ -33,7 +33,7 @@ from fovea.agents import augment, evaluation, watch
 from fovea.agents.base import build_trunk, make_env, pixel_scale
 from fovea.agents.dqn_config import DQNConfig
 from fovea.agents.evaluation import finish_training, load_network, play, return_figures
-from fovea.agents.fastpath import EnvStepper, FastPath, full_precision
+from fovea.agents.fastpath import EnvStepper, FastPath, full_precision, learning_layout
 from fovea.agents.loop import Carry, clip_grads, crossed
 from fovea.agents.optim import make_optimizer
 from fovea.agents.replay import Batch, FrameReplay
@@ -61,7 +61,7 @@ class QNetwork(nn.Module):
         self.value = nn.Linear(f, 1) if dueling else None
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(obs.float() / self.pixel_scale)  # (B, F), bf16 under autocast
+        h = self.backbone(learning_layout(obs.float() / self.pixel_scale))  # (B, F), bf16 under autocast
         with full_precision(h):  # the head in fp32: its Q-values feed argmax and the TD target
             h = h.float()
             q = self.head(h)  # (B, A)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fovea.agents.fastpath import full_precision
+from fovea.agents.fastpath import full_precision, learning_layout
 from fovea.backbones.rnn import RecurrentCore, State
 
 
@@ -52,7 +52,7 @@ class ActorCritic(nn.Module):
     def forward(self, obs: torch.Tensor, state: State | None = None, starts: torch.Tensor | None = None):
         """(N, T, *obs_shape) -> logits (N, T, A), values (N, T), and the recurrent state after step T-1."""
         n, t = obs.shape[:2]
-        x = obs.reshape(n * t, *obs.shape[2:]).float() / self.pixel_scale
+        x = learning_layout(obs.reshape(n * t, *obs.shape[2:]).float() / self.pixel_scale)
         h = self.trunk(x)  # (N*T, F), bf16 under autocast
         v_in = self.critic_trunk(x).float() if self.critic_trunk is not None else None  # (never with a core)
         with full_precision(h):  # the recurrent core (its state carries over) and the heads run in fp32

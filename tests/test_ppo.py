@@ -128,3 +128,26 @@ def test_ppo_learns_cartpole_within_100k_steps(in_tmp, capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["agent_steps"] >= 99_000
     assert figures["eval/mean_return"] >= 475, figures  # the final network on fresh games; RL Zoo: 500 at 100k
+
+
+def test_the_learning_pass_runs_channels_last_on_the_cpu_with_the_same_outputs():
+    """The update's forward and backward take NHWC input on the CPU (faster there); acting stays NCHW; the logits
+    and values are the same either way. Fails if learning_layout is not applied in the learning pass."""
+    from fovea.agents.policy import ActorCritic
+    from fovea.backbones.registry import build
+
+    torch.manual_seed(0)
+    net = ActorCritic(build("nature-cnn", (4, 84, 84)), 6, pixel_scale=255.0)
+    seen = []
+    net.trunk.convs[0].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    obs = torch.randint(0, 256, (3, 2, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        acting = net(obs)
+    learning = net(obs)
+    learning[0].sum().backward()
+    assert seen == [False, True]
+    assert net.trunk.convs[0].weight.is_contiguous() and net.trunk.convs[0].weight.grad.is_contiguous()
+    torch.testing.assert_close(learning[0].detach(), acting[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(learning[1].detach(), acting[1], rtol=1e-5, atol=1e-5)
