@@ -28,21 +28,18 @@ def parsed(path: Path) -> list:
     return out
 
 
+def offline_files(run_dir: Path) -> dict[str, list[Path]]:
+    """job_type -> the offline W&B run files in ``run_dir`` (training and `fovea eval` each write one)."""
+    files: dict[str, list[Path]] = {}
+    for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        job = next(r.run.job_type for r in parsed(f) if r.WhichOneof("record_type") == "run")
+        files.setdefault(job, []).append(f)
+    return files
+
+
 def offline_runs(run_dir: Path) -> dict[str, list]:
     """job_type -> the parsed records of each offline W&B run in ``run_dir``."""
-    runs: dict[str, list] = {}
-    for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        recs = parsed(f)
-        job = next(r.run.job_type for r in recs if r.WhichOneof("record_type") == "run")
-        runs.setdefault(job, []).append(recs)
-    return runs
-
-
-def run_file(run_dir: Path, job_type: str) -> Path:
-    """The one offline W&B run file of ``job_type`` in ``run_dir`` (training and `fovea eval` each write one)."""
-    (f,) = [f for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-            if next(r.run.job_type for r in parsed(f) if r.WhichOneof("record_type") == "run") == job_type]
-    return f
+    return {job: [parsed(f) for f in files] for job, files in offline_files(run_dir).items()}
 
 
 def of_type(recs: list, kind: str) -> list:
@@ -95,7 +92,8 @@ def test_training_run_settings_job_group_tags_and_system_metrics(agent):
 
 @slow
 def test_training_run_films_each_evaluation(agent):
-    videos = [r for r in history(run_file(agent, "train")) if "eval/video/path" in r]
+    (train,) = offline_files(agent)["train"]
+    videos = [r for r in history(train) if "eval/video/path" in r]
     assert len(list((agent / "videos").glob("play-step*.mp4"))) >= 2
     assert {r["global_step"] for r in videos} >= {200, 400}
 
