@@ -129,3 +129,33 @@ def test_a_short_drq100k_run_trains_checkpoints_resumes_and_evaluates(in_tmp, mo
     rows = [json.loads(line) for line in (in_tmp / "runs/d/metrics.jsonl").read_text().splitlines()]
     eps = {r["step"]: r["train/epsilon"] for r in rows if "train/epsilon" in r}
     assert all(e == 1.0 for s, e in eps.items() if s <= 1600) and all(e < 1 for s, e in eps.items() if s > 1700)
+
+
+def test_the_sb3_peer_runs_the_recipes_replay_ratio_and_optimiser():
+    """benchmarks/dqn_atari_throughput --recipe drq100k times SB3's DQN with drq100k's own settings where SB3 has
+    them: one update per agent step, 10-step returns, Adam 1e-4 with eps 1.5e-4, the target copied every update."""
+    from benchmarks import dqn_atari_throughput as bench
+    from fovea.config import get_recipe
+
+    cfg, peer = get_recipe("drq100k").config, bench.SB3_SETTINGS["drq100k"]
+    assert (cfg.train_every, cfg.gradient_steps, cfg.batch_size) == (peer["train_freq"], 1, 32)
+    assert (cfg.n_step, cfg.lr, cfg.optimizer) == (peer["n_steps"], peer["learning_rate"], "adam")
+    assert cfg.optimizer_eps == peer["policy_kwargs"]["optimizer_kwargs"]["eps"]
+    assert (cfg.target_update_every, cfg.tau) == (peer["target_update_interval"], 1.0)
+    assert bench.fovea_config(300, 200, "off", False, "auto", "drq100k").n_step == 10
+
+
+@pytest.mark.slow
+def test_the_drq100k_throughput_benchmark_prints_both_sides(tmp_path):
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "benchmarks.dqn_atari_throughput", "--recipe", "drq100k", "--steps", "300",
+           "--learning-starts", "200", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "WANDB_MODE": "disabled", "TMPDIR": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["recipe"] == "drq100k" and figures["steps"] == 300
+    for key in ("ours", "peer", "ratio"):
+        assert figures[key] > 0, key
