@@ -159,3 +159,17 @@ def test_the_drq100k_throughput_benchmark_prints_both_sides(tmp_path):
     assert figures["recipe"] == "drq100k" and figures["steps"] == 300
     for key in ("ours", "peer", "ratio"):
         assert figures[key] > 0, key
+
+
+@pytest.mark.slow
+def test_the_update_benchmark_times_every_variant(tmp_path):
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "benchmarks.dqn_update", "--updates", "1", "--rounds", "1", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(figures["ms"]) == {"foreach-fp32", "fused-fp32", "foreach-bf16", "fused-bf16"}
+    assert figures["ratio"]["foreach-fp32"] == 1.0 and all(v > 0 for v in figures["ms"].values())
