@@ -26,8 +26,8 @@ def random_shift(obs: torch.Tensor, pad: int = 4, generator: torch.Generator | N
     shift = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev) - pad  # (dy, dx) per image
     rows = (torch.arange(h, device=dev)[None, :] + shift[0][:, None]).clamp_(0, h - 1)  # (B, H)
     cols = (torch.arange(w, device=dev)[None, :] + shift[1][:, None]).clamp_(0, w - 1)  # (B, W)
-    # one gather over the flattened image (source pixel rows * W + cols), the same for every frame of a stack:
-    # 2.2x faster on the CPU than a gather along H and then along W (32 Atari stacks: 1.4 ms against 2.9 ms)
+    # one gather over the flattened image (source pixel = row * W + col), the same for every frame of a stack,
+    # rather than one along H and another along W: half the memory traffic
     source = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, h * w)  # (B, 1, H*W)
     flat = obs.reshape(b, -1, h * w)  # (B, C, H*W): a stack moves as one image
     return flat.gather(2, source.expand(b, flat.shape[1], h * w)).reshape(obs.shape)
