@@ -6,6 +6,13 @@
 #                   pycocotools
 # Then run, with .whl in carry:  bash benchmarks/gpu_checks.sh
 # SCALE=0.01 DEVICE=cpu bash benchmarks/gpu_checks.sh  runs the same steps tiny on the CPU (a dry run).
+#
+# bash benchmarks/gpu_checks.sh grid  spends the call on Atari 100k cells instead (GRID_MINUTES, default 9, of
+# benchmarks/atari100k.py's grid over GAMES and SEEDS): the finished cells in benchmarks/results/atari100k/cells are
+# skipped, each new one lands in $OUT/atari100k/cells/GAME-sSEED.json (copy them into benchmarks/results/atari100k/
+# cells and rerun `python -m benchmarks.atari100k` here to redo the summary). A cell the budget stops is lost with
+# the machine (its checkpoint holds the replay, too big to bring back), so size GRID_MINUTES to whole cells.
+# SCALE=0.003 DEVICE=cpu bash benchmarks/gpu_checks.sh grid  is its dry run (300-step cells).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-checks}
@@ -21,6 +28,21 @@ steps() { python3 -c "print(max(int($1 * $SCALE), $2))"; }
 
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" \
   | tee "$OUT/device.txt"
+if [[ "${1:-}" == "grid" ]]; then
+  grid="$OUT/atari100k"
+  mkdir -p "$grid/cells"
+  cp benchmarks/results/atari100k/published.json "$grid/"
+  cp benchmarks/results/atari100k/cells/*.json "$grid/cells/" 2>/dev/null
+  extra=""
+  if [[ "$SCALE" != "1" ]]; then  # a dry run: short cells that still learn, checkpoint and evaluate
+    extra="--total-steps $(steps 100000 300) --learning-starts $(steps 1600 100) --eval-episodes 1"
+  fi
+  # shellcheck disable=SC2086
+  python3 -m benchmarks.atari100k --device "$DEVICE" --games ${GAMES:-boxing breakout pong} --seeds ${SEEDS:-1 2} \
+    --max-minutes "${GRID_MINUTES:-9}" --runs-dir /tmp/atari100k-runs --out "$grid" --reps 2000 --extra "$extra" \
+    2>&1 | tee "$OUT/atari100k.txt"
+  exit "${PIPESTATUS[0]}"
+fi
 run() {  # NAME TIMEOUT_S ARGS...: one benchmark, its output kept whatever happens
   local name=$1 limit=$2
   shift 2
