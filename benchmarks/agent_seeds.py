@@ -7,10 +7,15 @@ scores (rliable's ``iqm``, ``scipy.stats.trim_mean(x, 0.25)``): robust to one lu
 and less noisy than the median (Agarwal et al., NeurIPS 2021). Seeds 1..5 by default: seed 0 is the one the learning
 tests use, so the reported seeds were not tuned on.
 
-Resumable: a seed whose run folder already holds a summary is read, not trained again. Writes one JSON per recipe
-to ``--out`` (default benchmarks/results/agent_seeds/RECIPE.json) with every seed's score and wall time.
+Resumable twice over: a seed whose run folder already holds a summary is read, not trained again, and a seed already
+in the JSON (with the same ``--extra``) is kept, so a study can span sessions whose run folders are lost as long as
+its JSON was committed. Writes one JSON per recipe to ``--out`` (default benchmarks/results/agent_seeds/RECIPE.json,
+``RECIPE-TAG.json`` with ``--tag``) with every finished seed's score and wall time, rewritten after each seed.
+``--tag`` names a variant (e.g. the optimiser form compared), in the JSON's name and the run folders'.
 
     python -m benchmarks.agent_seeds ppo-cartpole dqn-cartpole [--seeds 1 2 3 4 5] [--runs-dir ~/fovea-runs/seeds]
+    python -m benchmarks.agent_seeds a2c-breakout --seeds 1 2 3 --tag rmsprop-tf \
+        --extra "--total-steps 2000000 --optimizer rmsprop-tf"
 
 Last line: {"recipes": {RECIPE: {"iqm", "min", "mean", "scores", "seeds", ...}}}.
 """
@@ -21,7 +26,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +39,9 @@ def iqm(scores: list[float]) -> float:
     return float(trim_mean(np.asarray(scores, dtype=np.float64), 0.25))
 
 
-def run_seed(recipe: str, seed: int, runs_dir: Path, extra: list[str]) -> dict:
+def run_seed(recipe: str, seed: int, runs_dir: Path, extra: list[str], tag: str = "") -> dict:
     """Train ``recipe`` with ``seed`` (unless its run folder already has a summary); its summary figures."""
-    run_dir = runs_dir / f"{recipe}-seed{seed}"
+    run_dir = runs_dir / f"{recipe}{'-' + tag if tag else ''}-seed{seed}"
     summary = run_dir / "summary.json"
     if not summary.exists():
         cmd = [sys.executable, "-m", "fovea", "train", recipe, "--seed", str(seed), "--name", run_dir.name,
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--runs-dir", default=str(Path.home() / "fovea-runs" / "seeds"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "agent_seeds"))
     p.add_argument("--extra", default="", help="overrides passed to every run, e.g. '--total-steps 20000'")
+    p.add_argument("--tag", default="", help="a variant's name: RECIPE-TAG.json and RECIPE-TAG-seedS run folders")
     p.add_argument("--commit", help="the Fovea commit the runs train with (default: this checkout's HEAD)")
     args = p.parse_args(argv)
     runs_dir, out = Path(args.runs_dir).expanduser(), Path(args.out)
@@ -64,21 +69,30 @@ def main(argv: list[str] | None = None) -> dict:
                                            text=True).stdout  # fmt: skip
     results = {}
     for recipe in args.recipes:
-        start, rows = time.perf_counter(), []
+        name = f"{recipe}-{args.tag}" if args.tag else recipe
+        path = out / f"{name}.json"
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        kept = {r["seed"]: r for r in earlier.get("runs", []) if earlier.get("extra", "") == args.extra}
+        command = f"python -m benchmarks.agent_seeds {recipe} --seeds {' '.join(map(str, args.seeds))}" + (
+            f" --tag {args.tag}" if args.tag else "") + (f" --extra '{args.extra}'" if args.extra else "")  # fmt: skip
+        rows = []
         for seed in args.seeds:
-            s = run_seed(recipe, seed, runs_dir, args.extra.split())
-            rows.append({"seed": seed, "final": s["eval/mean_return"], "best": s.get("eval/best_mean_return"),
-                         "best_step": s.get("eval/best_step"), "agent_steps": s["agent_steps"],
-                         "wall_s": s.get("wall_s")})  # fmt: skip
-            print(f"{recipe} seed {seed}: final network {s['eval/mean_return']:.1f} on fresh games", flush=True)
-        scores = [r["final"] for r in rows]
-        command = f"python -m benchmarks.agent_seeds {recipe} --seeds {' '.join(map(str, args.seeds))}"
-        results[recipe] = {"iqm": iqm(scores), "min": min(scores), "mean": float(np.mean(scores)), "scores": scores,
-                           "seeds": args.seeds, "runs": rows, "figure": "eval/mean_return: the final network on "
-                           "fresh-seed games", "command": command + (f" --extra '{args.extra}'" if args.extra else ""),
-                           "commit": commit.strip(), "device": "cpu",
-                           "wall_s": time.perf_counter() - start}  # fmt: skip
-        (out / f"{recipe}.json").write_text(json.dumps(results[recipe], indent=1) + "\n")
+            if seed in kept:
+                rows.append(kept[seed])
+                print(f"{name} seed {seed}: {kept[seed]['final']:.1f}, kept from {path.name}", flush=True)
+            else:
+                s = run_seed(recipe, seed, runs_dir, args.extra.split(), args.tag)
+                rows.append({"seed": seed, "final": s["eval/mean_return"], "best": s.get("eval/best_mean_return"),
+                             "best_step": s.get("eval/best_step"), "agent_steps": s["agent_steps"],
+                             "wall_s": s.get("wall_s"), "commit": commit.strip()})  # fmt: skip
+                print(f"{name} seed {seed}: final network {s['eval/mean_return']:.1f} on fresh games", flush=True)
+            scores = [r["final"] for r in rows]
+            results[name] = {"iqm": iqm(scores), "min": min(scores), "mean": float(np.mean(scores)), "scores": scores,
+                             "seeds": [r["seed"] for r in rows], "runs": rows, "figure": "eval/mean_return: the final "
+                             "network on fresh-seed games", "command": command, "extra": args.extra,
+                             "commit": commit.strip(), "device": "cpu",
+                             "wall_s": float(sum(r.get("wall_s") or 0.0 for r in rows))}  # fmt: skip
+            path.write_text(json.dumps(results[name], indent=1) + "\n")  # after every seed: a cut session keeps it
     line = {"recipes": {k: {x: v[x] for x in ("iqm", "min", "mean", "scores", "seeds")} for k, v in results.items()}}
     print(json.dumps(line))
     return line
