@@ -91,7 +91,7 @@ def replay_bytes(transitions: int = 1_000_000) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipe", choices=tuple(SB3_SETTINGS), default="dqn-pong",
-                   help="dqn-pong (replay ratio 1/4) or drq100k (replay ratio 1, Atari 100k); default: dqn-pong")  # fmt: skip
+                   help="dqn-pong (replay ratio 1/4) or drq100k (ratio 1, Atari 100k); default: dqn-pong")  # fmt: skip
     p.add_argument("--steps", type=int, default=4000, help="agent steps per run, each side (default: 4000)")
     p.add_argument("--learning-starts", type=int, default=1000, help="random steps before learning (default: 1000)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
