@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                           text=True).stdout  # fmt: skip
+                                           text=True).stdout.strip()  # fmt: skip
     results = {}
     for recipe in args.recipes:
         name = f"{recipe}-{args.tag}" if args.tag else recipe
@@ -84,13 +84,13 @@ def main(argv: list[str] | None = None) -> dict:
                 s = run_seed(recipe, seed, runs_dir, args.extra.split(), args.tag)
                 rows.append({"seed": seed, "final": s["eval/mean_return"], "best": s.get("eval/best_mean_return"),
                              "best_step": s.get("eval/best_step"), "agent_steps": s["agent_steps"],
-                             "wall_s": s.get("wall_s"), "commit": commit.strip()})  # fmt: skip
+                             "wall_s": s.get("wall_s"), "commit": commit})  # fmt: skip
                 print(f"{name} seed {seed}: final network {s['eval/mean_return']:.1f} on fresh games", flush=True)
             scores = [r["final"] for r in rows]
             results[name] = {"iqm": iqm(scores), "min": min(scores), "mean": float(np.mean(scores)), "scores": scores,
                              "seeds": [r["seed"] for r in rows], "runs": rows, "figure": "eval/mean_return: the final "
                              "network on fresh-seed games", "command": command, "extra": args.extra,
-                             "commit": commit.strip(), "device": "cpu",
+                             "commit": commit, "device": "cpu",
                              "wall_s": float(sum(r.get("wall_s") or 0.0 for r in rows))}  # fmt: skip
             path.write_text(json.dumps(results[name], indent=1) + "\n")  # after every seed: a cut session keeps it
     line = {"recipes": {k: {x: v[x] for x in ("iqm", "min", "mean", "scores", "seeds")} for k, v in results.items()}}

@@ -32,9 +32,10 @@ if [[ "${1:-}" == "grid" ]]; then
   grid="$OUT/atari100k"
   mkdir -p "$grid/cells"
   cp benchmarks/results/atari100k/published.json "$grid/"
-  cp benchmarks/results/atari100k/cells/*.json "$grid/cells/" 2>/dev/null
   extra=""
-  if [[ "$SCALE" != "1" ]]; then  # a dry run: short cells that still learn, checkpoint and evaluate
+  if [[ "$SCALE" == "1" ]]; then  # the committed cells are skipped
+    cp benchmarks/results/atari100k/cells/*.json "$grid/cells/" 2>/dev/null
+  else  # a dry run: short cells that still learn, checkpoint and evaluate, whatever has been committed
     extra="--total-steps $(steps 100000 300) --learning-starts $(steps 1600 100) --eval-episodes 1"
   fi
   # shellcheck disable=SC2086
