@@ -35,6 +35,20 @@ def test_human_normalised_scores():
         rl_stats.human_normalized(0, "Pong")
 
 
+def test_published_scores_name_their_sources_and_cover_the_26_games():
+    published = json.loads((atari100k.OUT / "published.json").read_text())
+    assert set(published["games"]) == set(rl_stats.GAMES)
+    for name, source in published["sources"].items():
+        assert source["paper"] and {"repo", "path", "commit"} <= set(source["data"]), name
+    for game, scores in published["games"].items():
+        assert set(scores) == set(published["sources"]), game
+        for name, score in scores.items():
+            if score is None:  # a missing figure says why
+                assert game.capitalize() in published["source"], (game, name)
+            else:  # a game-name mix-up would put a score far off the random-to-human scale
+                assert -1 < rl_stats.human_normalized(score, game) < 3, (game, name, score)
+
+
 def test_aggregates_by_hand():
     middle = np.sort(TABLE.ravel())[3:-3]  # 15 scores: the 25%-trimmed mean drops int(15 / 4) = 3 at each end
     assert rl_stats.aggregate_iqm(TABLE) == pytest.approx(middle.mean()) == pytest.approx(4.2 / 9)
