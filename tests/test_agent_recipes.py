@@ -16,7 +16,7 @@ from fovea.cli import main
 from fovea.config import recipes
 
 TINY = {
-    DQNConfig: "--total-steps 1000 --num-envs 2 --buffer-size 2000 --learning-starts 200 --train-every 4 "
+    DQNConfig: "--total-steps 600 --num-envs 2 --buffer-size 2000 --learning-starts 200 --train-every 4 "
     "--gradient-steps 1 --batch-size 32",
     A2CConfig: "--total-steps 400 --num-envs 4 --n-steps 5",
     PPOConfig: "--total-steps 400 --num-envs 4 --n-steps 5 --n-epochs 2 --num-minibatches 2",

@@ -69,6 +69,7 @@ def test_a_vae_and_a_gan_train_under_torchrun(in_tmp):
     assert list((in_tmp / "runs/gan/samples").glob("samples_final_*.png"))
 
 
+@pytest.mark.slow  # 7 s: torchrun starts its own processes
 def test_torchrun_refuses_an_agent_recipe_with_one_message(in_tmp):
     done = torchrun(["dqn-catch", "--name", "q"], in_tmp)
     assert done.returncode != 0

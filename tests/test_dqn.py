@@ -89,6 +89,7 @@ def test_save_replay_puts_the_buffer_in_the_checkpoint(in_tmp):
     assert main(["train", "--resume", "runs/sr", "--total-steps", "400"]) == 0
 
 
+@pytest.mark.slow  # 10 s; the fast tier trains dqn-pong and drq100k briefly in test_agent_recipes
 def test_dqn_runs_on_atari_pixels(in_tmp, capsys):
     options = "--total-steps 400 --num-envs 2 --buffer-size 4000 --learning-starts 200 --eval-every 0 --eval-episodes 1"
     argv = ["train", "dqn-pong", "--name", "pong", "--wandb", "disabled", *options.split()]

@@ -186,6 +186,7 @@ def test_grid_image_keeps_a_lone_image_s_border_and_a_short_row_s_width():
     assert short.shape == (4, 13, 3) and short[1, 4].tolist() == [0, 0, 0] and short[1, 7].tolist() == [128] * 3
 
 
+@pytest.mark.slow  # 15 s: the whole command line of one model (train, resume, sample, eval with its classifier)
 def test_train_sample_eval_and_resume_from_the_command_line(in_tmp, capsys, monkeypatch):
     assert main(["train", "cnn-digits", "--name", "cls", "--epochs", "3", "--wandb", "disabled", *TINY_CNN]) == 0
     capsys.readouterr()

@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 TASK_FOLDERS = ("agents", "backbones", "envs", "generative", "vision")
 
@@ -29,6 +31,7 @@ print(json.dumps({"recipes": len(names)}))
 """
 
 
+@pytest.mark.slow  # 6 s: a fresh interpreter imports every recipe
 def test_stand_in_agents_and_envs_packages_hide_no_recipe(tmp_path):
     for name in ("agents", "envs"):  # other projects' packages, first on the path
         (tmp_path / name).mkdir()

@@ -150,6 +150,7 @@ def _summary(wandb_file: Path) -> dict:
     return {"summary": summary, "run_id": run.run_id, "sweep_id": run.sweep_id}
 
 
+@pytest.mark.slow  # 8 s: a trial as a subprocess, the way wandb's agent starts it
 def test_one_trial_runs_the_way_wandb_agent_runs_it(in_tmp, capsys):
     cfg, _ = sweep(capsys, "softmax-digits", "--param", "lr=log:1e-5:1e-3", "--param", "batch_size=choice:32|64",
                    "--method", "bayes", "--epochs", "1")  # fmt: skip
