@@ -7,11 +7,13 @@ scores (rliable's ``iqm``, ``scipy.stats.trim_mean(x, 0.25)``): robust to one lu
 and less noisy than the median (Agarwal et al., NeurIPS 2021). Seeds 1..5 by default: seed 0 is the one the learning
 tests use, so the reported seeds were not tuned on.
 
-Resumable twice over: a seed whose run folder already holds a summary is read, not trained again, and a seed already
-in the JSON (with the same ``--extra``) is kept, so a study can span sessions whose run folders are lost as long as
-its JSON was committed. Writes one JSON per recipe to ``--out`` (default benchmarks/results/agent_seeds/RECIPE.json,
-``RECIPE-TAG.json`` with ``--tag``) with every finished seed's score and wall time, rewritten after each seed.
-``--tag`` names a variant (e.g. the optimiser form compared), in the JSON's name and the run folders'.
+Resumable twice over: a seed whose run folder already holds a summary is read, not trained again, and every seed
+already in the JSON is kept (asked for or not: ``--seeds 3`` after ``--seeds 1 2`` makes a study of 1, 2 and 3), so
+a study can span sessions whose run folders are lost as long as its JSON was committed. A JSON written with other
+``--extra`` overrides is refused, not overwritten: give the variant its own ``--tag``. Writes one JSON per recipe to
+``--out`` (default benchmarks/results/agent_seeds/RECIPE.json, ``RECIPE-TAG.json`` with ``--tag``) with every
+finished seed's score and wall time, rewritten after each seed. ``--tag`` names a variant (e.g. the optimiser form
+compared), in the JSON's name and the run folders'.
 
     python -m benchmarks.agent_seeds ppo-cartpole dqn-cartpole [--seeds 1 2 3 4 5] [--runs-dir ~/fovea-runs/seeds]
     python -m benchmarks.agent_seeds a2c-breakout --seeds 1 2 3 --tag rmsprop-tf \
@@ -67,16 +69,26 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                            text=True).stdout.strip()  # fmt: skip
-    results = {}
+    studies = []  # every JSON is checked before anything trains: a clash shows at once, not hours in
     for recipe in args.recipes:
         name = f"{recipe}-{args.tag}" if args.tag else recipe
         path = out / f"{name}.json"
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        kept = {r["seed"]: r for r in earlier.get("runs", []) if earlier.get("extra", "") == args.extra}
-        command = f"python -m benchmarks.agent_seeds {recipe} --seeds {' '.join(map(str, args.seeds))}" + (
+        try:
+            earlier = json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError as e:
+            sys.exit(f"{path} is not valid JSON ({e}); restore it (git checkout -- {path}) or move it aside")
+        if earlier and (earlier.get("extra") or "") != args.extra:
+            sys.exit(f"{path} holds a study run with --extra '{earlier.get('extra') or ''}', not '{args.extra}': "
+                     "give this one its own --tag (or --out) so that neither is lost")  # fmt: skip
+        kept = {r["seed"]: {**r, "commit": r.get("commit") or earlier.get("commit")} for r in earlier.get("runs", [])}
+        studies.append((recipe, name, path, kept))
+    results = {}
+    for recipe, name, path, kept in studies:
+        seeds = sorted(set(args.seeds) | set(kept))  # seeds from earlier sessions stay in the study
+        command = f"python -m benchmarks.agent_seeds {recipe} --seeds {' '.join(map(str, seeds))}" + (
             f" --tag {args.tag}" if args.tag else "") + (f" --extra '{args.extra}'" if args.extra else "")  # fmt: skip
         rows = []
-        for seed in args.seeds:
+        for seed in seeds:
             if seed in kept:
                 rows.append(kept[seed])
                 print(f"{name} seed {seed}: {kept[seed]['final']:.1f}, kept from {path.name}", flush=True)
@@ -90,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = {"iqm": iqm(scores), "min": min(scores), "mean": float(np.mean(scores)), "scores": scores,
                              "seeds": [r["seed"] for r in rows], "runs": rows, "figure": "eval/mean_return: the final "
                              "network on fresh-seed games", "command": command, "extra": args.extra,
-                             "commit": commit, "device": "cpu",
+                             "commit": ", ".join(dict.fromkeys(r["commit"] for r in rows if r.get("commit"))),
+                             "device": "cpu",
                              "wall_s": float(sum(r.get("wall_s") or 0.0 for r in rows))}  # fmt: skip
             path.write_text(json.dumps(results[name], indent=1) + "\n")  # after every seed: a cut session keeps it
     line = {"recipes": {k: {x: v[x] for x in ("iqm", "min", "mean", "scores", "seeds")} for k, v in results.items()}}

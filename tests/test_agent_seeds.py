@@ -1,5 +1,6 @@
 """benchmarks/agent_seeds: a variant's tag names its JSON and run folders, the JSON is rewritten after every seed,
-and a seed already in the JSON (with the same overrides) is kept rather than trained again."""
+every seed already in the JSON is kept rather than trained again, and a JSON with other overrides is never
+overwritten."""
 
 from __future__ import annotations
 
@@ -39,9 +40,29 @@ def test_a_tagged_study_spans_sessions_through_its_json(tmp_path, monkeypatch):
     figures = line["recipes"]["a2c-breakout-rmsprop-tf"]
     assert figures["scores"] == [10.0, 20.0, 30.0] and figures["iqm"] == pytest.approx(20.0)
 
-    trained.clear()  # other overrides: nothing is kept
-    agent_seeds.main([*args[:-4], "--extra", "--optimizer rmsprop", *args[-4:]])
-    assert [s for _, s, _ in trained] == [1, 2, 3]
+    trained.clear()  # a later session asks for seed 4 alone: seeds 1-3 stay in the study
+    line = agent_seeds.main([*args[:2], "4", *args[5:]])
+    assert trained == [("a2c-breakout", 4, "rmsprop-tf")]
+    saved = json.loads((tmp_path / "a2c-breakout-rmsprop-tf.json").read_text())
+    assert saved["seeds"] == [1, 2, 3, 4] and saved["scores"] == [10.0, 20.0, 30.0, 30.0]
+    assert "--seeds 1 2 3 4 " in saved["command"] and saved["commit"] == "abc"
+    assert line["recipes"]["a2c-breakout-rmsprop-tf"]["seeds"] == [1, 2, 3, 4]
+
+
+def test_a_study_with_other_overrides_or_a_corrupt_json_is_refused_not_overwritten(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(agent_seeds, "run_seed", lambda *a, **k: pytest.fail("nothing may train"))
+    path = tmp_path / "a2c-breakout-rmsprop-tf.json"
+    path.write_text(json.dumps({"extra": "--optimizer rmsprop-tf", "runs": [{"seed": 1, "final": 3.0}]}))
+    before = path.read_text()
+    args = ["a2c-breakout", "--seeds", "2", "--tag", "rmsprop-tf", "--out", str(tmp_path), "--runs-dir",
+            str(tmp_path / "runs"), "--commit", "abc"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--extra '--optimizer rmsprop-tf', not '--optimizer rmsprop'.*--tag"):
+        agent_seeds.main([*args, "--extra", "--optimizer rmsprop"])
+    assert path.read_text() == before
+    path.write_text(before[:20])
+    with pytest.raises(SystemExit, match="not valid JSON.*git checkout"):
+        agent_seeds.main([*args, "--extra", "--optimizer rmsprop-tf"])
+    assert path.read_text() == before[:20]
 
 
 def test_the_run_folder_carries_the_tag(tmp_path, monkeypatch):
