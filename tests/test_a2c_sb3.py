@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
+from sb3_weights import MLP_POLICY_KWARGS, copy_into_sb3
 
 from fovea.agents import a2c
 from fovea.agents.base import make_env
@@ -27,6 +27,7 @@ def test_a2c_loss_and_gradient_equal_sb3_s_on_the_same_batch():
     torch.manual_seed(0)
     env = make_env(cfg, n, seed=0)
     net = a2c.build(cfg, env)
+    env.close()
     buf = a2c.Rollout(n, t, (4,), torch.float32, torch.device("cpu"), 2)
     buf.obs.normal_()
     buf.actions = torch.randint(0, 2, (n, t))
@@ -41,15 +42,9 @@ def test_a2c_loss_and_gradient_equal_sb3_s_on_the_same_batch():
 
     model = A2C("MlpPolicy", make_vec_env(lambda: gym.make("CartPole-v1"), n_envs=n), n_steps=t, learning_rate=0.0,
                 ent_coef=0.01, vf_coef=0.25, max_grad_norm=1e9, device="cpu",
-                policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=nn.Tanh))  # fmt: skip
+                policy_kwargs=MLP_POLICY_KWARGS)
     model.set_logger(configure(None, []))
-    pairs = {"mlp_extractor.policy_net.0": net.trunk.net[1], "mlp_extractor.policy_net.2": net.trunk.net[3],
-             "mlp_extractor.value_net.0": net.critic_trunk.net[1], "mlp_extractor.value_net.2": net.critic_trunk.net[3],
-             "action_net": net.policy, "value_net": net.value}  # fmt: skip
-    with torch.no_grad():
-        for name, layer in pairs.items():
-            model.policy.get_submodule(name).weight.copy_(layer.weight)
-            model.policy.get_submodule(name).bias.copy_(layer.bias)
+    pairs = copy_into_sb3(net, model)
     rb = model.rollout_buffer
     time_major = lambda x: x.reshape(n, t).transpose(0, 1).numpy()  # noqa: E731  (SB3's buffers are (T, N))
     rb.observations[:] = buf.obs.transpose(0, 1).numpy()

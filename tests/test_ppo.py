@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from sb3_weights import MLP_POLICY_KWARGS, copy_into_sb3
 
 from fovea.agents import a2c, ppo
 from fovea.agents.base import make_env
@@ -24,16 +24,9 @@ def _sb3_ppo_with_our_weights(net, n: int, t: int, **kw):
 
     env = make_vec_env(lambda: gym.make("CartPole-v1"), n_envs=n)
     model = PPO("MlpPolicy", env, n_steps=t, batch_size=n * t, n_epochs=1, learning_rate=0.0, device="cpu",
-                policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=nn.Tanh), **kw)  # fmt: skip
+                policy_kwargs=MLP_POLICY_KWARGS, **kw)
     model.set_logger(configure(None, []))
-    ours = {"mlp_extractor.policy_net.0": net.trunk.net[1], "mlp_extractor.policy_net.2": net.trunk.net[3],
-            "mlp_extractor.value_net.0": net.critic_trunk.net[1], "mlp_extractor.value_net.2": net.critic_trunk.net[3],
-            "action_net": net.policy, "value_net": net.value}  # fmt: skip
-    with torch.no_grad():
-        for name, layer in ours.items():
-            target = model.policy.get_submodule(name)
-            target.weight.copy_(layer.weight)
-            target.bias.copy_(layer.bias)
+    copy_into_sb3(net, model)
     return model
 
 
