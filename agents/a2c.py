@@ -287,15 +287,17 @@ def evaluate_policy(cfg: A2CConfig, net: ActorCritic, device: torch.device, epis
 
 
 def evaluate(cfg: A2CConfig, run: Run, *, episodes: int | None = None, network: str = "final", video: bool = False,
-             saliency: bool = False) -> dict:  # fmt: skip
-    """Score the ``final`` (default) or ``best`` policy of training on ``episodes`` fresh full games (seeds no
-    training game or selection evaluation used), and with ``video`` / ``saliency`` record one more to MP4
-    (saliency of the chosen action's logit). Returns the figures: ``eval/mean_return`` and its spread, the
-    network and the agent steps it was trained for."""
-    net = load_network(cfg, run, build, network, key="net")
+             saliency: bool = False, step: int | None = None) -> dict:  # fmt: skip
+    """Score the ``final`` (default) or ``best`` policy of training, or that of the checkpoint at agent ``step``,
+    on ``episodes`` fresh full games (seeds no training game or selection evaluation used), and with ``video`` /
+    ``saliency`` record one more to MP4 (saliency of the chosen action's logit). Returns the figures:
+    ``eval/mean_return`` and its spread, the network (``checkpoint`` with ``step``) and the agent steps it was
+    trained for."""
+    net = load_network(cfg, run, build, network, key="net", step=step)
     final_steps = run.step * cfg.num_envs * getattr(cfg, "n_steps", 1)
     trained = evaluation.best_record(run).at if network == "best" else final_steps
-    figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, net, run.device, episodes)}
+    figures = {"network": network if step is None else "checkpoint", "trained_steps": trained,
+               **evaluate_policy(cfg, net, run.device, episodes)}  # fmt: skip
     if video or saliency:
         actor = PolicyActor(net, run.device, greedy=cfg.eval_greedy,
                             generator=torch.Generator().manual_seed(cfg.seed + evaluation.VIDEO))  # fmt: skip

@@ -277,14 +277,15 @@ def evaluate_policy(cfg: DQNConfig, qnet: QNetwork, device: torch.device, episod
 
 
 def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, network: str = "final", video: bool = False,
-             saliency: bool = False) -> dict:  # fmt: skip
-    """Score the ``final`` (default) or ``best`` network of training on ``episodes`` fresh full games (the Nature
-    protocol on Atari: no-op starts, ``eval_epsilon``; seeds no training game or selection evaluation used), and
-    with ``video`` / ``saliency`` record one more to MP4. Returns the figures: ``eval/mean_return`` and its spread,
-    the network and the agent steps it was trained for."""
-    qnet = load_network(cfg, run, build, network, key="qnet")
+             saliency: bool = False, step: int | None = None) -> dict:  # fmt: skip
+    """Score the ``final`` (default) or ``best`` network of training, or that of the checkpoint at agent ``step``,
+    on ``episodes`` fresh full games (the Nature protocol on Atari: no-op starts, ``eval_epsilon``; seeds no
+    training game or selection evaluation used), and with ``video`` / ``saliency`` record one more to MP4. Returns the figures: ``eval/mean_return`` and its spread,
+    the network (``checkpoint`` with ``step``) and the agent steps it was trained for."""
+    qnet = load_network(cfg, run, build, network, key="qnet", step=step)
     trained = evaluation.best_record(run).at if network == "best" else run.step * cfg.num_envs
-    figures = {"network": network, "trained_steps": trained, **evaluate_policy(cfg, qnet, run.device, episodes)}
+    figures = {"network": network if step is None else "checkpoint", "trained_steps": trained,
+               **evaluate_policy(cfg, qnet, run.device, episodes)}  # fmt: skip
     if video or saliency:
         gen = torch.Generator().manual_seed(cfg.seed + evaluation.VIDEO)
         policy = lambda obs, _: qnet.act(torch.as_tensor(obs, device=run.device), cfg.eval_epsilon, gen).numpy()  # noqa: E731

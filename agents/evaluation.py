@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from fovea import checkpoint
 from fovea.agents.base import AgentConfig, make_env
 from fovea.errors import ConfigError
 from fovea.fit import Best, KeepBest
@@ -32,21 +34,37 @@ NETWORKS = ("final", "best")
 
 
 def load_network(cfg: AgentConfig, run, build: Callable[[AgentConfig, object], nn.Module], network: str,
-                 key: str) -> nn.Module:  # fmt: skip
+                 key: str, step: int | None = None) -> nn.Module:  # fmt: skip
     """From the run's latest checkpoint, in eval mode: the ``final`` network (the one training ended with, or the
-    latest of a run still under way, held under ``key``) or the ``best`` one (of the periodic evaluations).
+    latest of a run still under way, held under ``key``) or the ``best`` one (of the periodic evaluations). With
+    ``step``, the network the checkpoint of that agent step holds instead of the latest's (``checkpoint_at``).
 
     It is built without ``backbone_from``: the checkpoint holds every weight, and the source run may be gone.
     """
     if network not in NETWORKS:
         raise ConfigError(f"--network {network!r}: choose final (the last weights) or best (of the evaluations)")
+    if step is not None and network == "best":
+        raise ConfigError(f"--step {step} scores the network trained for {step} steps and --network best another "
+                          "one; give one or the other")  # fmt: skip
+    path = None if step is None else checkpoint_at(run, step)
     env = make_env(cfg, 1, cfg.seed)
     net = build(dataclasses.replace(cfg, backbone_from="", freeze_backbone=False), env).to(run.device)
     env.close()
     run.track(**{"best" if network == "best" else key: net})
-    if not run.restore():
+    if not run.restore(path):
         raise ConfigError(f"{run.dir} has no checkpoint yet; train it first (fovea train --resume {run.dir})")
     return net.eval()
+
+
+def checkpoint_at(run, step: int) -> Path:
+    """The checkpoint folder of agent step ``step`` in ``run`` (``checkpoints/step_<step>``); a ConfigError naming
+    the steps the run keeps when it has none of that step."""
+    kept = {checkpoint.step_of(p): p for p in checkpoint.list_checkpoints(run.ckpt_dir)}
+    if step not in kept:
+        have = ", ".join(f"{s:,}" for s in kept) or "none yet"
+        raise ConfigError(f"--step {step}: {run.dir} keeps no checkpoint of that step; it keeps steps {have} (training "
+                          "keeps the newest --keep-checkpoints of them, and the best)")  # fmt: skip
+    return kept[step]
 
 
 VIDEO_STEPS = 3_000  # the longest video filmed during training, in agent steps (200 s of Atari at 15 frames a second)

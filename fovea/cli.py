@@ -91,6 +91,9 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", choices=["final", "best"],
                    help="agents: score the final network (default) or the best of the periodic evaluations; either "
                         "plays fresh games, seeded apart from every game of training")  # fmt: skip
+    p.add_argument("--step", type=int, metavar="N",
+                   help="agents: score the network of the checkpoint at agent step N (a folder "
+                        "RUN_DIR/checkpoints/step_N; default: the latest) instead of the final one")  # fmt: skip
     p.add_argument("--video", action="store_true", help="agents: record one episode to runs/NAME/videos/ and W&B")
     p.add_argument("--saliency", action="store_true", help="agents: the video shows gradient saliency (pixels only)")
     p.add_argument("--classifier", metavar="RUN_DIR",
@@ -249,9 +252,9 @@ def run_job(action: str, run_dir: str | Path, job: dict, **options: Any) -> dict
 
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> dict:
-    _at_least_1(episodes=args.episodes, samples=args.samples)
+    _at_least_1(episodes=args.episodes, samples=args.samples, step=args.step)
     given = {"episodes": args.episodes, "network": args.network, "video": args.video, "saliency": args.saliency,
-             "classifier": args.classifier, "samples": args.samples}  # fmt: skip
+             "classifier": args.classifier, "samples": args.samples, "step": args.step}  # fmt: skip
     return run_job("eval", args.run_dir, _job(args), **{k: v for k, v in given.items() if v})
 
 

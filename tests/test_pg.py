@@ -154,6 +154,16 @@ def test_policy_gradient_recipes_train_log_and_resume(recipe, in_tmp, capsys):
     best = _last_json(capsys)
     assert best["network"] == "best" and best["trained_steps"] == summary["eval/best_step"]
     assert best["eval/mean_return"] == summary["eval/best_mean_return"]
+    # --step N scores the network of an earlier checkpoint on the same fresh games; the latest's is the final one
+    assert main(["eval", "runs/pg", "--step", "3000"]) == 0
+    assert _last_json(capsys)["eval/mean_return"] == summary["eval/final_mean_return"]
+    assert main(["eval", "runs/pg", "--step", "2800"]) == 0
+    earlier = _last_json(capsys)
+    assert earlier["network"] == "checkpoint" and earlier["trained_steps"] == earlier["step"] == 2800
+    assert main(["eval", "runs/pg", "--step", "1000"]) == 2
+    assert "--step 1000: runs/pg keeps no checkpoint of that step; it keeps steps " in capsys.readouterr().err
+    assert main(["eval", "runs/pg", "--step", "2800", "--network", "best"]) == 2
+    assert "give one or the other" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recipe", ["a2c-cartpole", "dqn-cartpole"])
