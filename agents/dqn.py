@@ -280,8 +280,9 @@ def evaluate(cfg: DQNConfig, run: Run, *, episodes: int | None = None, network: 
              saliency: bool = False, step: int | None = None) -> dict:  # fmt: skip
     """Score the ``final`` (default) or ``best`` network of training, or that of the checkpoint at agent ``step``,
     on ``episodes`` fresh full games (the Nature protocol on Atari: no-op starts, ``eval_epsilon``; seeds no
-    training game or selection evaluation used), and with ``video`` / ``saliency`` record one more to MP4. Returns the figures: ``eval/mean_return`` and its spread,
-    the network (``checkpoint`` with ``step``) and the agent steps it was trained for."""
+    training game or selection evaluation used), and with ``video`` / ``saliency`` record one more to MP4. Returns
+    the figures: ``eval/mean_return`` and its spread, the network (``checkpoint`` with ``step``) and the agent steps
+    it was trained for."""
     qnet = load_network(cfg, run, build, network, key="qnet", step=step)
     trained = evaluation.best_record(run).at if network == "best" else run.step * cfg.num_envs
     figures = {"network": network if step is None else "checkpoint", "trained_steps": trained,
