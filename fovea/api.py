@@ -225,8 +225,8 @@ def open_run(run_dir: str | Path, device: str = "auto", action: str | None = Non
 def evaluate(run_dir: str | Path, *, device: str = "auto", wandb: str = "auto", project: str = "fovea",
              **options: Any) -> dict:  # fmt: skip
     """``fovea eval``: score the run in ``run_dir`` with its task's ``evaluate`` and ``options`` (agents:
-    ``episodes``, ``network``, ``step``, ``video``, ``saliency``; generative models: ``classifier``, ``samples``), record the
-    figures in ``eval.json`` and W&B, and return them with ``run`` and ``step``."""
+    ``episodes``, ``network``, ``step``, ``video``, ``saliency``; generative models: ``classifier``, ``samples``),
+    record the figures in ``eval.json`` and W&B, and return them with ``run`` and ``step``."""
     recipe, cfg, run = open_run(run_dir, device, "evaluate")
     accepted = inspect.signature(recipe.task.evaluate).parameters
     unknown = [f"--{k}" for k in options if k not in accepted]
