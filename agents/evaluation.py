@@ -61,7 +61,7 @@ def checkpoint_at(run, step: int) -> Path:
     the steps the run keeps when it has none of that step."""
     kept = {checkpoint.step_of(p): p for p in checkpoint.list_checkpoints(run.ckpt_dir)}
     if step not in kept:
-        have = ", ".join(f"{s:,}" for s in kept) or "none yet"
+        have = ", ".join(str(s) for s in kept) or "none yet"
         raise ConfigError(f"--step {step}: {run.dir} keeps no checkpoint of that step; it keeps steps {have} (training "
                           "keeps the newest --keep-checkpoints of them, and the best)")  # fmt: skip
     return kept[step]
