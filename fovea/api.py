@@ -226,7 +226,9 @@ def evaluate(run_dir: str | Path, *, device: str = "auto", wandb: str = "auto", 
              **options: Any) -> dict:  # fmt: skip
     """``fovea eval``: score the run in ``run_dir`` with its task's ``evaluate`` and ``options`` (agents:
     ``episodes``, ``network``, ``step``, ``video``, ``saliency``; generative models: ``classifier``, ``samples``),
-    record the figures in ``eval.json`` and W&B, and return them with ``run`` and ``step``."""
+    record the figures in W&B and in ``eval.json`` (``eval-step_N.json`` for ``step`` N, ``eval-best.json`` for the
+    best network: an earlier network's score never replaces the final one's), and return them with ``run`` and
+    ``step``."""
     recipe, cfg, run = open_run(run_dir, device, "evaluate")
     accepted = inspect.signature(recipe.task.evaluate).parameters
     unknown = [f"--{k}" for k in options if k not in accepted]
@@ -236,7 +238,9 @@ def evaluate(run_dir: str | Path, *, device: str = "auto", wandb: str = "auto", 
     with run:
         figures = recipe.task.evaluate(cfg, run, **options)
         figures = {"run": str(run.dir), "step": run.units, **figures}
-        run.finish(figures)
+        step, network = options.get("step"), options.get("network")
+        run.finish(figures, f"eval-step_{step}.json" if step is not None else
+                   "eval-best.json" if network == "best" else "eval.json")  # fmt: skip
     return figures
 
 

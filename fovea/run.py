@@ -534,11 +534,12 @@ class Run:
         disabled, PNGs and videos still land in the run folder. W&B starts when the evaluation first logs."""
         self._tracking = dict(mode=wandb, project=project, job_type=job_type)
 
-    def finish(self, figures: dict[str, Any]) -> None:
-        """Record the final figures (W&B summary and ``runs/NAME/summary.json``)."""
+    def finish(self, figures: dict[str, Any], file: str | None = None) -> None:
+        """Record the final figures (W&B summary and ``runs/NAME/summary.json``; an evaluation's in ``file``, default
+        ``eval.json``)."""
         if not self.main:
             return
         self._start_tracker()
         if self.tracker is not None:
             self.tracker.summary(figures)
-        _write_json(self.dir / ("eval.json" if self.evaluating else "summary.json"), figures)
+        _write_json(self.dir / (file or ("eval.json" if self.evaluating else "summary.json")), figures)

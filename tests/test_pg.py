@@ -160,6 +160,11 @@ def test_policy_gradient_recipes_train_log_and_resume(recipe, in_tmp, capsys):
     assert main(["eval", "runs/pg", "--step", "2800"]) == 0
     earlier = _last_json(capsys)
     assert earlier["network"] == "checkpoint" and earlier["trained_steps"] == earlier["step"] == 2800
+    # each network's score has its own file: the final network's eval.json is not overwritten by an earlier one's
+    saved = {f.name: json.loads(f.read_text())["eval/mean_return"] for f in (in_tmp / "runs/pg").glob("eval*.json")}
+    final, first = scored["eval/mean_return"], earlier["eval/mean_return"]
+    assert saved == {"eval.json": final, "eval-best.json": best["eval/mean_return"], "eval-step_3000.json": final,
+                     "eval-step_2800.json": first}
     assert main(["eval", "runs/pg", "--step", "1000"]) == 2
     assert "--step 1000: runs/pg keeps no checkpoint of that step; it keeps steps " in capsys.readouterr().err
     assert main(["eval", "runs/pg", "--step", "2800", "--network", "best"]) == 2
