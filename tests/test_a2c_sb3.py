@@ -18,7 +18,6 @@ def test_a2c_loss_and_gradient_equal_sb3_s_on_the_same_batch():
     import gymnasium as gym
     from stable_baselines3 import A2C
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.logger import configure
 
     n, t = 4, 8
     # the recipe's nets (separate 64-64 tanh trunks, as SB3's MlpPolicy) with RL Zoo's Atari coefficients
@@ -43,7 +42,6 @@ def test_a2c_loss_and_gradient_equal_sb3_s_on_the_same_batch():
     model = A2C("MlpPolicy", make_vec_env(lambda: gym.make("CartPole-v1"), n_envs=n), n_steps=t, learning_rate=0.0,
                 ent_coef=0.01, vf_coef=0.25, max_grad_norm=1e9, device="cpu",
                 policy_kwargs=MLP_POLICY_KWARGS)
-    model.set_logger(configure(None, []))
     pairs = copy_into_sb3(net, model)
     rb = model.rollout_buffer
     time_major = lambda x: x.reshape(n, t).transpose(0, 1).numpy()  # noqa: E731  (SB3's buffers are (T, N))
