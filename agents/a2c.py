@@ -335,8 +335,8 @@ register_recipe(
 # RL Zoo's A2C on Atari (after Mnih et al. 2016): 16 envs, 5 steps, RMSprop 7e-4 with eps 1e-5, entropy 0.01, value
 # 0.25, clipped rewards, orthogonal initialisation, 10M steps, the NoFrameskip-v4 envs (no sticky actions); evaluation
 # samples from the policy. One difference: RL Zoo uses TensorFlow's RMSprop form (--optimizer rmsprop-tf), these
-# recipes torch's, which learned Breakout far faster on seeds 1-3 (final networks at 2M steps: 281.2, 268.9, 47.7
-# (201.6 at 1.6M) vs 2.9, 3.4, 3.3 on 30 fresh games; docs/recipes.md).
+# recipes torch's, which learned far faster on seeds 1-3 (final networks at 2M steps on 30 fresh games: Breakout
+# 281.2, 268.9, 47.7 (201.6 at 1.6M) vs 2.9, 3.4, 3.3; Pong 17.3, -8.2, 10.3 vs -20.0, -20.1, -20.2; docs/recipes.md).
 _ATARI = dict(backbone=BackboneSpec(name="nature-cnn"), num_envs=16, total_steps=10_000_000, ent_coef=0.01,
               vf_coef=0.25, clip_rewards=True, sticky=0.0, eval_greedy=False, eval_episodes=30, eval_every=500_000,
               checkpoint_every=400_000)  # fmt: skip
